@@ -1,0 +1,7 @@
+"""LightningDataModules shared by the systems; each exposes the facts a model needs as attributes."""
+
+from datamodules.common import EpochSeededRandomSampler, ImageDataModule
+from datamodules.digits import DigitsDataModule
+from datamodules.mnist import MNISTDataModule
+
+__all__ = ["DigitsDataModule", "EpochSeededRandomSampler", "ImageDataModule", "MNISTDataModule"]

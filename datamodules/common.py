@@ -1,0 +1,125 @@
+"""What every image datamodule shares: seeded splits, a resumable shuffle, the loaders, the facts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence, Sized
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler, random_split
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A shuffle whose order depends only on ``seed + epoch``, as ``DistributedSampler``'s does.
+
+    A plain ``shuffle=True`` draws each epoch's order from the global random state, which a checkpoint
+    does not hold: a run resumed at epoch 3 would see other batches than an uninterrupted one. The
+    Trainer calls ``set_epoch`` before every epoch; under DDP it swaps this sampler (a
+    ``RandomSampler``) for a ``DistributedSampler``, which is seeded the same way.
+    """
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
+    """``random_split`` by fractions with its own seeded generator: the same split in every process and run."""
+    return random_split(dataset, list(fractions), generator=torch.Generator().manual_seed(seed))
+
+
+def to_images(
+    pixels: torch.Tensor, image_size: int | None, value_range: tuple[float, float]
+) -> torch.Tensor:
+    """Turn ``(N, C, H, W)`` intensities in [0, 1] into float images of ``image_size`` px in ``value_range``."""
+    images = pixels.float()
+    if image_size is not None and image_size != images.shape[-1]:
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+        images = images.clamp(0.0, 1.0)
+    low, high = value_range
+    return images * (high - low) + low
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Loaders and facts for a labelled image data set split into train, val and test.
+
+    Subclasses build ``self.train_set``, ``self.val_set`` and ``self.test_set`` in ``setup`` and set
+    the facts a model needs as attributes (``num_classes``, ``dims``, ``mean``, ``std``); the CLI
+    links those into the model, so they are typed once.
+    """
+
+    # per-channel statistics of the raw pixels in [0, 1], mapped into ``value_range`` by ``mean``/``std``
+    pixel_mean: tuple[float, ...] = (0.5,)
+    pixel_std: tuple[float, ...] = (0.5,)
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int,
+        shuffle: bool,
+        seed: int,
+        image_size: int | None,
+        value_range: tuple[float, float],
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size}: set data.batch_size to 1 or more.")
+        if value_range[0] >= value_range[1]:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}: e.g. [-1, 1].")
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"image_size must be a positive int or null, got {image_size}.")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.image_size = image_size
+        self.value_range = tuple(value_range)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the images this module yields (in ``value_range`` units)."""
+        low, high = self.value_range
+        return tuple(m * (high - low) + low for m in self.pixel_mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the images this module yields."""
+        low, high = self.value_range
+        return tuple(s * (high - low) for s in self.pixel_std)
+
+    def _loader(self, dataset: Dataset | None, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet: call setup(stage) first.")
+        sampler = EpochSeededRandomSampler(dataset, self.seed) if train and self.shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)

@@ -1,0 +1,69 @@
+"""scikit-learn's bundled handwritten digits: 1,797 real 8x8 images that need no download."""
+
+from __future__ import annotations
+
+import torch
+from sklearn.datasets import load_digits
+from torch.utils.data import TensorDataset
+
+from datamodules.common import ImageDataModule, seeded_split, to_images
+
+
+class DigitsDataModule(ImageDataModule):
+    """The offline default for every image system.
+
+    Args:
+        batch_size: images per batch.
+        image_size: side length to resize the 8x8 images to (e.g. 28 or 32), or null to keep 8.
+        value_range: the pixel range the images come in: [0, 1] for classifiers, [-1, 1] for a GAN.
+        val_fraction: share of the images held out for validation.
+        test_fraction: share of the images held out for testing.
+        classes: keep only these digits, relabelled 0..k-1 in the given order (e.g. [5, 6, 7, 8, 9]).
+        shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
+        num_workers: DataLoader worker processes (the data is a tensor in memory: 0 is fastest).
+        seed: seed of the train/val/test split and of the shuffle.
+    """
+
+    pixel_mean = (0.3053,)
+    pixel_std = (0.3760,)
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        image_size: int | None = None,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        classes: list[int] | None = None,
+        shuffle: bool = True,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(
+                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and sum "
+                "to less than 1: leave some images for training."
+            )
+        if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
+            raise ValueError(f"classes must be distinct digits 0-9, got {classes}.")
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.classes = list(classes) if classes is not None else list(range(10))
+        self.num_classes = len(self.classes)
+        side = image_size or 8
+        self.dims = (1, side, side)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        digits = load_digits()
+        pixels = torch.from_numpy(digits.images).unsqueeze(1) / 16.0
+        labels = torch.from_numpy(digits.target)
+        keep = torch.isin(labels, torch.tensor(self.classes))
+        relabel = torch.full((10,), -1, dtype=torch.long)
+        relabel[self.classes] = torch.arange(len(self.classes))
+        dataset = TensorDataset(to_images(pixels[keep], self.image_size, self.value_range), relabel[labels[keep]])
+        train_fraction = 1.0 - self.val_fraction - self.test_fraction
+        fractions = [train_fraction, self.val_fraction, self.test_fraction]
+        self.train_set, self.val_set, self.test_set = seeded_split(dataset, fractions, self.seed)

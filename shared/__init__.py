@@ -1,0 +1,1 @@
+"""What two or more systems use: the CLI, callbacks, checkpoint checks, figures."""

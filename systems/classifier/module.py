@@ -1,0 +1,158 @@
+"""The classifier system: train, validate (with a confusion matrix), test, predict."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.functional.classification import multiclass_confusion_matrix
+
+from shared.checkpoints import check_checkpoint_fits
+from shared.visuals import log_figure
+from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
+
+
+class Classifier(pl.LightningModule):
+    """An image classifier whose network makes its constants on the input's device and dtype.
+
+    Args:
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        image_shape: ``(channels, height, width)`` of the images (linked from the datamodule's ``dims``).
+        mean: per-channel mean of the images, used by the network's first layer (linked from the data).
+        std: per-channel standard deviation of the images (linked from the data).
+        width: channels of the first conv blocks (the last two have twice as many).
+        dropout: dropout before the linear head.
+        normalization: ``type_as`` makes the constants in ``forward``; ``buffer`` registers them.
+        lr: AdamW learning rate (``Tuner.lr_find`` writes here).
+        weight_decay: AdamW weight decay.
+        scheduler_interval: step the cosine schedule every ``epoch`` or every optimizer ``step``.
+        skip_nonfinite: skip (and count) a batch whose loss is NaN or inf instead of training on it;
+            costs one device-to-host sync per step.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        image_shape: tuple[int, int, int] = (1, 8, 8),
+        mean: tuple[float, ...] = (0.3053,),
+        std: tuple[float, ...] = (0.3760,),
+        width: int = 32,
+        dropout: float = 0.1,
+        normalization: Literal["type_as", "buffer"] = "type_as",
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        skip_nonfinite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if len(mean) != image_shape[0] or len(std) != image_shape[0]:
+            raise ValueError(
+                f"mean {mean} and std {std} need one value per channel ({image_shape[0]}): "
+                "let the CLI link them from the datamodule, or give one per channel."
+            )
+        if lr <= 0 or not 0 <= dropout < 1:
+            raise ValueError(f"lr must be > 0 and dropout in [0, 1), got lr={lr}, dropout={dropout}.")
+        if normalization not in ("type_as", "buffer"):
+            raise ValueError(f"normalization must be 'type_as' or 'buffer', got {normalization!r}.")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}.")
+        normalize = TypeAsNormalize(mean, std) if normalization == "type_as" else BufferNormalize(mean, std)
+        self.net = ConvNet(normalize, image_shape[0], num_classes, width, dropout)
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+        self.skipped_batches = 0
+        # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
+        self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.confusion_matrix: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        if self.hparams.skip_nonfinite:
+            finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
+            self.log("train/skipped_batches", float(not finite), on_step=False, on_epoch=True, reduce_fx="sum")
+            if not finite:
+                # 1.x and 2.x agree: returning None skips backward and the optimizer step for this batch
+                self.skipped_batches += 1
+                rank_zero_warn(f"Non-finite loss at epoch {self.current_epoch}, batch {batch_idx}: skipped.")
+                return None
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.val_outputs.append((logits.argmax(dim=1), y))
+
+    def on_validation_epoch_end(self) -> None:
+        preds = torch.cat([p for p, _ in self.val_outputs])
+        targets = torch.cat([t for _, t in self.val_outputs])
+        self.val_outputs.clear()
+        # under DDP each process kept its own shard: gather them so the matrix covers the whole split
+        preds, targets = self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
+        self.confusion_matrix = multiclass_confusion_matrix(preds, targets, self.hparams.num_classes).cpu()
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            log_figure(self.trainer, "val/confusion_matrix", confusion_figure(self.confusion_matrix))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_acc(logits, y)
+        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("test/acc", self.test_acc)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Class probabilities for a batch of images (a bare tensor or an ``(images, labels)`` pair)."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x).softmax(dim=1)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        interval = self.hparams.scheduler_interval
+        if interval == "epoch":
+            if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
+                raise ValueError(
+                    "scheduler_interval='epoch' needs trainer.max_epochs to size the schedule: set it, or "
+                    "use model.scheduler_interval=step with trainer.max_steps."
+                )
+            periods = self.trainer.max_epochs
+        else:
+            periods = self.trainer.estimated_stepping_batches
+        scheduler = CosineAnnealingLR(optimizer, T_max=max(1, int(periods)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_fits(checkpoint, self)
+
+
+def confusion_figure(matrix: torch.Tensor) -> Figure:
+    """Rows are true classes, columns predicted ones; each cell shows its count."""
+    figure = Figure(figsize=(5, 4.5))
+    axes = figure.subplots()
+    image = axes.imshow(matrix.numpy(), cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    n = matrix.shape[0]
+    axes.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
+    for (row, col), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), matrix.flatten()):
+        axes.text(col, row, int(count), ha="center", va="center", fontsize=7)
+    axes.set_title(f"validation: {int(matrix.diagonal().sum())} of {int(matrix.sum())} right")
+    return figure
