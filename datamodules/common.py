@@ -37,9 +37,7 @@ def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> lis
     return random_split(dataset, list(fractions), generator=torch.Generator().manual_seed(seed))
 
 
-def to_images(
-    pixels: torch.Tensor, image_size: int | None, value_range: tuple[float, float]
-) -> torch.Tensor:
+def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[float, float]) -> torch.Tensor:
     """Turn ``(N, C, H, W)`` intensities in [0, 1] into float images of ``image_size`` px in ``value_range``."""
     images = pixels.float()
     if image_size is not None and image_size != images.shape[-1]:
@@ -72,9 +70,13 @@ class ImageDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size}: set data.batch_size to 1 or more.")
+            raise ValueError(
+                f"batch_size must be a positive int, got {batch_size}: set data.batch_size to 1 or more."
+            )
         if value_range[0] >= value_range[1]:
-            raise ValueError(f"value_range must be (low, high) with low < high, got {value_range}: e.g. [-1, 1].")
+            raise ValueError(
+                f"value_range must be (low, high) with low < high, got {value_range}: e.g. [-1, 1]."
+            )
         if image_size is not None and image_size < 1:
             raise ValueError(f"image_size must be a positive int or null, got {image_size}.")
         self.batch_size = batch_size
@@ -101,7 +103,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset | None, train: bool = False) -> DataLoader:
         if dataset is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not built this split yet: call setup(stage) first.")
+            raise RuntimeError(
+                f"{type(self).__name__}.setup() has not built this split yet: call setup(stage) first."
+            )
         sampler = EpochSeededRandomSampler(dataset, self.seed) if train and self.shuffle else None
         return DataLoader(
             dataset,

@@ -63,7 +63,9 @@ class DigitsDataModule(ImageDataModule):
         keep = torch.isin(labels, torch.tensor(self.classes))
         relabel = torch.full((10,), -1, dtype=torch.long)
         relabel[self.classes] = torch.arange(len(self.classes))
-        dataset = TensorDataset(to_images(pixels[keep], self.image_size, self.value_range), relabel[labels[keep]])
+        dataset = TensorDataset(
+            to_images(pixels[keep], self.image_size, self.value_range), relabel[labels[keep]]
+        )
         train_fraction = 1.0 - self.val_fraction - self.test_fraction
         fractions = [train_fraction, self.val_fraction, self.test_fraction]
         self.train_set, self.val_set, self.test_set = seeded_split(dataset, fractions, self.seed)

@@ -42,7 +42,9 @@ class MetricsTable(Callback):
 
 def format_row(row: dict[str, float]) -> str:
     """A two-line table: the metric names over their values, each column as wide as its longer cell."""
-    cells = [(name, f"{value:.4g}" if isinstance(value, float) else str(value)) for name, value in row.items()]
+    cells = [
+        (name, f"{value:.4g}" if isinstance(value, float) else str(value)) for name, value in row.items()
+    ]
     widths = [max(len(name), len(value)) for name, value in cells]
     header = " │ ".join(name.ljust(w) for (name, _), w in zip(cells, widths, strict=True))
     values = " │ ".join(value.ljust(w) for (_, value), w in zip(cells, widths, strict=True))
@@ -109,7 +111,9 @@ class CrashCheckpoint(Callback):
     def __init__(self, dirpath: str | Path) -> None:
         self.path = Path(dirpath) / "on_exception.ckpt"
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
             trainer.save_checkpoint(self.path)
 

@@ -18,7 +18,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint on the CPU, or raise an error that says what is wrong and what to do."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"There is no checkpoint at {path}: pass the path of a .ckpt file, e.g. {_EXAMPLE}.")
+        raise FileNotFoundError(
+            f"There is no checkpoint at {path}: pass the path of a .ckpt file, e.g. {_EXAMPLE}."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

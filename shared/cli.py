@@ -60,7 +60,8 @@ class SystemCLI(LightningCLI):
     ) -> None:
         self.name = name
         self.links = dict(links)
-        defaults = {"default_config_files": [str(config_file)]}
+        # allow_abbrev=False: argparse would otherwise take a mistyped --trainer.max_epoch for max_epochs
+        defaults = {"default_config_files": [str(config_file)], "allow_abbrev": False}
         if run and args is None and len(sys.argv) == 1:
             args = ["fit"]
         super().__init__(
@@ -71,7 +72,9 @@ class SystemCLI(LightningCLI):
             trainer_defaults={
                 "callbacks": [MetricsTable(), RandomStateCallback(), PredictionWriter(), LastCheckpoint()]
             },
-            parser_kwargs={sub: defaults for sub in SUBCOMMANDS} if run else defaults,
+            parser_kwargs={"allow_abbrev": False, **{sub: defaults for sub in SUBCOMMANDS}}
+            if run
+            else defaults,
             save_config_kwargs={"overwrite": False},
             args=args,
             run=run,
@@ -110,10 +113,14 @@ class SystemCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
-        """The 1.x ``trainer.test()`` loaded the best model; in 2.x that is ``ckpt_path="best"``, said aloud."""
+        """The 1.x ``trainer.test()`` loaded the best model; in 2.x that is ``ckpt_path="best"``, said aloud.
+
+        The path is passed explicitly: with ``LastCheckpoint`` beside it, ``"best"`` would resolve to the
+        same file (the first ModelCheckpoint's) but warn about the second callback on every run.
+        """
         if not self._get(self.config, "test_after_fit") or not is_overridden("test_step", self.model):
             return
         if self.trainer.interrupted:
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if best else None)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)

@@ -84,7 +84,9 @@ class Classifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         if self.hparams.skip_nonfinite:
             finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
-            self.log("train/skipped_batches", float(not finite), on_step=False, on_epoch=True, reduce_fx="sum")
+            self.log(
+                "train/skipped_batches", float(not finite), on_step=False, on_epoch=True, reduce_fx="sum"
+            )
             if not finite:
                 # 1.x and 2.x agree: returning None skips backward and the optimizer step for this batch
                 self.skipped_batches += 1
@@ -126,7 +128,9 @@ class Classifier(pl.LightningModule):
         return self(x).softmax(dim=1)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         interval = self.hparams.scheduler_interval
         if interval == "epoch":
             if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
@@ -152,7 +156,10 @@ def confusion_figure(matrix: torch.Tensor) -> Figure:
     figure.colorbar(image, ax=axes)
     n = matrix.shape[0]
     axes.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
-    for (row, col), count in zip(torch.cartesian_prod(torch.arange(n), torch.arange(n)).tolist(), matrix.flatten()):
-        axes.text(col, row, int(count), ha="center", va="center", fontsize=7)
+    for row in range(n):
+        for col in range(n):
+            count = int(matrix[row, col])
+            color = "white" if count > matrix.max() / 2 else "black"
+            axes.text(col, row, count, ha="center", va="center", fontsize=7, color=color)
     axes.set_title(f"validation: {int(matrix.diagonal().sum())} of {int(matrix.sum())} right")
     return figure

@@ -1,0 +1,90 @@
+"""MNISTDataModule on small files in the real idx format, read by torchvision's own code path."""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import MNIST
+
+from datamodules import MNISTDataModule
+
+
+def write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Write ``<prefix>-images-idx3-ubyte`` and ``<prefix>-labels-idx1-ubyte`` as LeCun's format defines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n, rows, cols = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+        struct.pack(">iiii", 0x803, n, rows, cols) + images.to(torch.uint8).numpy().tobytes()
+    )
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+        struct.pack(">ii", 0x801, n) + labels.to(torch.uint8).numpy().tobytes()
+    )
+
+
+def fake_mnist(root: Path, folder_name: str = "MNIST", n_train: int = 60, n_test: int = 20) -> torch.Tensor:
+    """Small MNIST-shaped files whose image i is filled with the value i (so tests can trace items)."""
+    raw = root / folder_name / "raw"
+    train = torch.arange(n_train).view(-1, 1, 1).expand(n_train, 28, 28)
+    write_idx(raw, "train", train, torch.arange(n_train) % 10)
+    write_idx(raw, "t10k", torch.full((n_test, 28, 28), 255), torch.arange(n_test) % 10)
+    return train
+
+
+def test_reads_the_idx_files_through_torchvision(tmp_path: Path) -> None:
+    fake_mnist(tmp_path / "data")
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False, batch_size=8, val_size=10)
+    data.prepare_data()
+    data.setup("fit")
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (50, 10, 20)
+    x, y = next(iter(data.test_dataloader()))
+    assert x.shape == (8, 1, 28, 28) and torch.all(x == 1.0)
+    assert y.tolist() == list(range(8))
+    train_pixels = sorted(round(float(x[0, 0, 0]) * 255) for x, _ in data.train_set)
+    val_pixels = sorted(round(float(x[0, 0, 0]) * 255) for x, _ in data.val_set)
+    assert sorted(train_pixels + val_pixels) == list(range(60))
+
+
+def test_fashion_mnist_resized_to_32_in_minus_one_to_one(tmp_path: Path) -> None:
+    fake_mnist(tmp_path / "data", folder_name="FashionMNIST")
+    data = MNISTDataModule(
+        dataset="fashion_mnist",
+        data_dir=str(tmp_path / "data"),
+        download=False,
+        image_size=32,
+        value_range=(-1.0, 1.0),
+        val_size=10,
+    )
+    data.setup("fit")
+    x, _ = data.test_set[0]
+    assert data.dims == (1, 32, 32) and x.shape == (1, 32, 32)
+    assert torch.allclose(x, torch.ones_like(x))
+    assert data.mean == pytest.approx((2 * 0.2860 - 1,))
+
+
+def test_missing_files_without_download_name_the_fix(tmp_path: Path) -> None:
+    data = MNISTDataModule(data_dir=str(tmp_path / "nothing"), download=False)
+    with pytest.raises(FileNotFoundError, match=r"Put the four idx files there .*DigitsDataModule"):
+        data.prepare_data()
+    with pytest.raises(FileNotFoundError, match="not in"):
+        data.setup("fit")
+
+
+def test_offline_download_fails_fast_with_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an address that nothing answers: without the timeout, connect() would wait for minutes
+    monkeypatch.setattr(MNIST, "mirrors", ["http://10.255.255.1/mnist/"])
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), download_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"could not be downloaded \(no network\?"):
+        data.prepare_data()
+    assert time.monotonic() - start < 15
+
+
+def test_an_unknown_dataset_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        MNISTDataModule(dataset="kmnist")

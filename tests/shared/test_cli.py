@@ -1,0 +1,159 @@
+"""The shared CLI, driven through the classifier: defaults, one version folder, links, bad input."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from shared.callbacks import LastCheckpoint, MetricsTable
+from shared.cli import SystemCLI
+from systems.classifier.train import main
+from tests.helpers import QUIET
+
+SHORT = [
+    *QUIET,
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=2",
+]
+
+
+def versions() -> list[str]:
+    return sorted(p.name for p in Path("lightning_logs/classifier").iterdir())
+
+
+def test_no_arguments_means_fit_with_config_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    monkeypatch.setattr(SystemCLI, "fit", lambda self, **kwargs: calls.append(kwargs), raising=False)
+    monkeypatch.setattr(SystemCLI, "after_fit", lambda self: None)
+    cli = main()
+    assert cli.subcommand == "fit" and len(calls) == 1
+    assert cli.trainer.max_epochs == 30 and cli.model.hparams.lr == 0.003
+    assert type(cli.datamodule).__name__ == "DigitsDataModule"
+
+
+def test_both_loggers_and_the_checkpoints_share_one_version_folder() -> None:
+    main(["fit", *SHORT])
+    folder = Path("lightning_logs/classifier/version_0")
+    names = {p.name for p in folder.iterdir()}
+    assert {"metrics.csv", "hparams.yaml", "config.yaml", "checkpoints"} <= names
+    assert any(name.startswith("events.out.tfevents") for name in names)
+    checkpoints = {p.name for p in (folder / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints
+    assert any(re.fullmatch(r"epoch=0[01]-val_acc=0\.\d{4}\.ckpt", name) for name in checkpoints)
+    assert versions() == ["version_0"]
+    main(["fit", *SHORT])
+    assert versions() == ["version_0", "version_1"]
+
+
+def test_last_ckpt_is_the_latest_epoch_even_when_the_best_is_older() -> None:
+    # lr=0 after one epoch: val/acc cannot improve, so the monitored callback keeps epoch 0
+    cli = main(["fit", *SHORT, "--trainer.max_epochs=3", "--model.lr=1e-9", "--test_after_fit=false"])
+    latest = next(cb for cb in cli.trainer.checkpoint_callbacks if isinstance(cb, LastCheckpoint))
+    assert Path(latest.best_model_path).name == "last.ckpt"
+    last = torch.load(latest.best_model_path, weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 9
+    assert isinstance(cli.trainer.checkpoint_callback, ModelCheckpoint)
+    assert cli.trainer.checkpoint_callback.monitor == "val/acc"
+
+
+def test_fit_ends_with_a_test_of_the_best_checkpoint() -> None:
+    cli = main(["fit", *SHORT])
+    best = cli.trainer.checkpoint_callback.best_model_path
+    assert best and cli.trainer.ckpt_path == best
+    assert "test/acc" in cli.trainer.callback_metrics
+    cli = main(["fit", *SHORT, "--test_after_fit=false"])
+    assert "test/acc" not in cli.trainer.callback_metrics
+
+
+def test_facts_flow_from_the_datamodule_into_the_model() -> None:
+    cli = main(
+        ["fit", *SHORT, "--trainer.max_epochs=1", "--data.init_args.classes=[5,6,7]", "--data.image_size=16"]
+    )
+    assert cli.model.hparams.num_classes == 3
+    assert cli.model.net.head[-1].out_features == 3
+    assert tuple(cli.model.hparams.image_shape) == (1, 16, 16)
+    assert cli.model.hparams.mean == pytest.approx(cli.datamodule.mean)
+
+
+def test_another_datamodule_is_chosen_by_class_path(tmp_path: Path) -> None:
+    from tests.datamodules.test_mnist import fake_mnist
+
+    fake_mnist(tmp_path / "data", n_train=80, n_test=16)
+    cli = main(
+        [
+            "fit",
+            *SHORT,
+            "--trainer.max_epochs=1",
+            "--data=datamodules.MNISTDataModule",
+            "--data.data_dir=data",
+            "--data.download=false",
+            "--data.val_size=16",
+            "--data.batch_size=16",
+        ]
+    )
+    assert type(cli.datamodule).__name__ == "MNISTDataModule"
+    assert tuple(cli.model.hparams.image_shape) == (1, 28, 28)
+    assert cli.model.hparams.mean == pytest.approx((0.1307,))
+
+
+def test_print_config_shows_the_merged_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config", "--model.width=8"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path: datamodules.DigitsDataModule" in printed
+    assert "width: 8" in printed and "monitor: val/acc" in printed
+
+
+def test_metrics_table_prints_a_row_per_epoch(capsys: pytest.CaptureFixture[str]) -> None:
+    cli = main(["fit", *SHORT, "--test_after_fit=false"])
+    table = next(cb for cb in cli.trainer.callbacks if isinstance(cb, MetricsTable))
+    assert [row["epoch"] for row in table.rows] == [0, 1]
+    assert {"train/loss", "val/acc", "val/loss"} <= set(table.rows[-1])
+    out = capsys.readouterr().out
+    assert out.count("val/acc") >= 2 and "│" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--model.lrr=0.1", "lrr"), ("--trainer.max_epoch=3", "max_epoch")],
+)
+def test_a_mistyped_key_stops_before_anything_runs(
+    flag: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", flag])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not Path("lightning_logs").exists()
+
+
+def test_a_mistyped_key_in_a_config_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "mine.yaml"
+    config.write_text("model:\n  widht: 8\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config)])
+    assert "widht" in capsys.readouterr().err
+    assert not Path("lightning_logs").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--model.lr=-1", "lr must be > 0"),
+        ("--model.dropout=1.5", "dropout in"),
+        ("--data.batch_size=0", "batch_size must be a positive int"),
+    ],
+)
+def test_a_wrong_value_is_one_sentence_naming_the_fix(flag: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        main(["fit", *SHORT, flag])
+    assert not Path("lightning_logs").exists()
