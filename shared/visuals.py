@@ -12,12 +12,14 @@ from pytorch_lightning.loggers import TensorBoardLogger
 def log_figure(trainer: pl.Trainer, tag: str, figure: Figure) -> Path | None:
     """Save ``figure`` as ``<version folder>/<tag>/epoch=NNN.png`` and hand it to TensorBoard if present.
 
-    Only global rank 0 writes. Returns the PNG path, or None where nothing is written (other ranks, or
-    ``fast_dev_run``, whose dummy logger has no folder).
+    Call it on every process: under DDP ``trainer.log_dir`` is a broadcast, and a call on rank 0 alone
+    waits forever. Only global rank 0 writes. Returns the PNG path, or None where nothing is written
+    (other ranks, the sanity check, or ``fast_dev_run``, whose dummy logger has no folder).
     """
-    if not trainer.is_global_zero or trainer.log_dir is None or trainer.sanity_checking:
+    folder = trainer.log_dir
+    if folder is None or not trainer.is_global_zero or trainer.sanity_checking:
         return None
-    path = Path(trainer.log_dir) / tag.replace("/", "_") / f"epoch={trainer.current_epoch:03d}.png"
+    path = Path(folder) / tag.replace("/", "_") / f"epoch={trainer.current_epoch:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100, bbox_inches="tight")
     for logger in trainer.loggers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ class Classifier(pl.LightningModule):
         lr: AdamW learning rate (``Tuner.lr_find`` writes here).
         weight_decay: AdamW weight decay.
         scheduler_interval: step the cosine schedule every ``epoch`` or every optimizer ``step``.
-        skip_nonfinite: skip (and count) a batch whose loss is NaN or inf instead of training on it;
-            costs one device-to-host sync per step.
+        skip_nonfinite: skip (and count) a batch whose loss is NaN or inf instead of training on it,
+            undoing what its forward pass did to BatchNorm statistics; costs a copy of the buffers and
+            one device-to-host sync per step.
     """
 
     def __init__(
@@ -80,17 +82,22 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, y = batch
+        # the forward pass already moves BatchNorm's running statistics: keep a copy to undo a bad batch
+        buffers = [b.clone() for b in self.net.buffers()] if self.hparams.skip_nonfinite else []
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         if self.hparams.skip_nonfinite:
+            # every process must agree, or DDP would wait forever for the gradients of the one that skips
             finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True)
             self.log(
                 "train/skipped_batches", float(not finite), on_step=False, on_epoch=True, reduce_fx="sum"
             )
             if not finite:
-                # 1.x and 2.x agree: returning None skips backward and the optimizer step for this batch
+                for buffer, saved in zip(self.net.buffers(), buffers, strict=True):
+                    buffer.copy_(saved)
                 self.skipped_batches += 1
                 rank_zero_warn(f"Non-finite loss at epoch {self.current_epoch}, batch {batch_idx}: skipped.")
+                # 1.x and 2.x agree: returning None skips backward and the optimizer step for this batch
                 return None
         self.train_acc(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
@@ -112,8 +119,9 @@ class Classifier(pl.LightningModule):
         # under DDP each process kept its own shard: gather them so the matrix covers the whole split
         preds, targets = self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
         self.confusion_matrix = multiclass_confusion_matrix(preds, targets, self.hparams.num_classes).cpu()
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log_figure(self.trainer, "val/confusion_matrix", confusion_figure(self.confusion_matrix))
+        png = log_figure(self.trainer, "val/confusion_matrix", confusion_figure(self.confusion_matrix))
+        if png is not None:  # the counts beside the picture, for scripts
+            np.savetxt(png.with_suffix(".csv"), self.confusion_matrix.numpy(), fmt="%d", delimiter=",")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

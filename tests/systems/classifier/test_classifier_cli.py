@@ -1,0 +1,155 @@
+"""The classifier as people run it: the real command line, a copied folder, DDP, kills, tuning."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from systems.classifier.train import main
+from systems.classifier.tune import main as tune
+from tests.helpers import QUIET, ROOT, run_module
+
+TRAIN = "systems.classifier.train"
+
+
+def test_fast_dev_run_through_the_real_command_line(tmp_path: Path) -> None:
+    result = run_module(TRAIN, "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout  # fit, then the closing test
+    assert not list(tmp_path.glob("lightning_logs/**/*.ckpt"))  # fast_dev_run writes no checkpoints
+
+
+def test_a_copy_of_the_folder_with_shared_and_datamodules_runs_on_its_own(tmp_path: Path) -> None:
+    project = tmp_path / "my_project"
+    (project / "systems").mkdir(parents=True)
+    shutil.copy(ROOT / "systems" / "__init__.py", project / "systems")
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "systems" / "classifier", project / "systems" / "classifier", ignore=ignore)
+    for package in ("shared", "datamodules"):
+        shutil.copytree(ROOT / package, project / package, ignore=ignore)
+    check = (
+        "import sys, systems.classifier.train as t, shared, datamodules;"
+        "paths = [m.__file__ for m in (t, shared, datamodules)];"
+        "assert all(p.startswith(sys.argv[1]) for p in paths), paths;"
+        "sys.argv = ['train', 'fit', '--trainer.fast_dev_run=true'];"
+        "t.main()"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", check, str(project)], cwd=project, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout
+
+
+def test_tune_writes_a_config_that_fit_reads() -> None:
+    found = tune([*QUIET, "--batch_size_trials=2", "--lr_find_steps=30", "--trainer.max_epochs=3"])
+    tuned = Path("lightning_logs/classifier/tuned.yaml")
+    written = yaml.safe_load(tuned.read_text())
+    assert written["model"]["lr"] == pytest.approx(found["lr"])
+    # two trials from config.yaml's 64: 64 then 128, both fit (a CPU never runs out of memory here)
+    assert written["data"]["init_args"]["batch_size"] == found["batch_size"] == 128
+    assert list(Path("lightning_logs/classifier").glob("version_*/lr_find.png"))
+    cli = main(["fit", *QUIET, "--config", str(tuned), "--trainer.fast_dev_run=true"])
+    assert cli.model.hparams.lr == pytest.approx(found["lr"])
+    assert cli.datamodule.batch_size == 128
+    assert cli.model.hparams.width == 32  # the rest still comes from config.yaml
+
+
+def wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+LONG_RUN = [
+    "fit",
+    *QUIET,
+    "--trainer.max_epochs=40",
+    "--trainer.limit_val_batches=1",
+    "--trainer.deterministic=true",
+    "--test_after_fit=false",
+    # a slow learner, so early stopping does not end the run while the test waits for it
+    "--model.lr=1e-4",
+]
+
+
+def start(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", TRAIN, *LONG_RUN, *flags]
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def weights(cli: object) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in cli.model.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_from_last_ckpt_as_if_never_stopped(tmp_path: Path) -> None:
+    process = start(tmp_path)
+    last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
+    wait_for(last, process)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    saved = torch.load(last, weights_only=True)
+    epochs = saved["epoch"] + 3  # the killed run's epochs and two more
+    # The resumed run stops by max_epochs: max_steps on a resume from an end-of-epoch checkpoint re-runs
+    # on_train_epoch_end without validation metrics (Lightning issue #19617) and EarlyStopping raises.
+    # Its cosine schedule is the killed run's (40 epochs), restored from the checkpoint.
+    resumed = main([*LONG_RUN, f"--trainer.max_epochs={epochs}", f"--ckpt_path={last}"])
+    straight = main([*LONG_RUN, f"--trainer.max_steps={epochs * 20}"])
+    assert resumed.trainer.global_step == straight.trainer.global_step == epochs * 20
+    for name, value in weights(straight).items():
+        assert torch.equal(value, weights(resumed)[name]), name
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_an_on_exception_checkpoint_that_resumes(tmp_path: Path) -> None:
+    process = start(tmp_path)
+    folder = tmp_path / "lightning_logs/classifier/version_0/checkpoints"
+    wait_for(folder / "last.ckpt", process)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    saved = torch.load(folder / "on_exception.ckpt", weights_only=True)
+    assert saved["global_step"] > 0
+    resumed = main([*LONG_RUN, "--trainer.max_epochs=1", f"--ckpt_path={folder / 'on_exception.ckpt'}"])
+    assert resumed.trainer.global_step >= saved["global_step"]
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    result = run_module(
+        TRAIN,
+        "fit",
+        *QUIET,
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.max_epochs=2",
+        "--trainer.limit_train_batches=6",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = tmp_path / "lightning_logs/classifier/version_0"
+    assert sorted(p.name for p in version.parent.iterdir()) == ["version_0"]  # rank 1 wrote no folder
+    saved = torch.load(version / "checkpoints/last.ckpt", weights_only=True)
+    assert saved["global_step"] == 12  # 6 batches of each process's half per epoch
+    # the confusion matrix gathers both processes' halves of the 180 validation images
+    counts = np.loadtxt(version / "val_confusion_matrix/epoch=001.csv", delimiter=",")
+    assert counts.shape == (10, 10) and counts.sum() == 180
+    assert "test/acc" in result.stdout
