@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ class SystemCLI(LightningCLI):
             root = Path(trainer_config.get("default_root_dir") or ".") / "lightning_logs"
             tensorboard = TensorBoardLogger(save_dir=root, name=self.name, default_hp_metric=False)
             csv = CSVLogger(save_dir=root, name=self.name, version=tensorboard.version)
+            # sharing the folder is the point; CSVLogger would warn that it "exists and is not empty"
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             kwargs["logger"] = [tensorboard, csv]
             crash = CrashCheckpoint(dirpath=Path(tensorboard.log_dir) / "checkpoints")
             callbacks = trainer_config.get("callbacks") or []
