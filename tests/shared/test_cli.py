@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
 from pathlib import Path
@@ -22,6 +23,11 @@ SHORT = [
     "--trainer.limit_val_batches=2",
     "--trainer.limit_test_batches=2",
 ]
+
+
+def metrics_rows(folder: str) -> list[dict[str, str]]:
+    with open(Path(folder) / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def versions() -> list[str]:
@@ -157,3 +163,31 @@ def test_a_wrong_value_is_one_sentence_naming_the_fix(flag: str, message: str) -
     with pytest.raises(ValueError, match=message):
         main(["fit", *SHORT, flag])
     assert not Path("lightning_logs").exists()
+
+
+def test_what_self_log_writes_where() -> None:
+    """on_step and on_epoch give ``train/loss_step`` every ``log_every_n_steps`` and ``train/loss_epoch``
+    once per epoch; validation metrics are epoch values; a ``reduce_fx="sum"`` metric sums the epoch."""
+    main(["fit", *SHORT, "--trainer.limit_train_batches=6", "--trainer.log_every_n_steps=2"])
+    rows = metrics_rows("lightning_logs/classifier/version_0")
+    steps = [int(r["step"]) for r in rows if r.get("train/loss_step")]
+    assert steps == [1, 3, 5, 7, 9, 11]
+    assert len([r for r in rows if r.get("train/loss_epoch")]) == 2
+    assert len([r for r in rows if r.get("val/acc")]) == 2
+    assert [float(r["train/skipped_batches"]) for r in rows if r.get("train/skipped_batches")] == [0.0, 0.0]
+
+
+def test_val_check_interval_and_an_int_fast_dev_run() -> None:
+    main(["fit", *SHORT, "--trainer.limit_train_batches=4", "--trainer.val_check_interval=2"])
+    rows = metrics_rows("lightning_logs/classifier/version_0")
+    assert len([r for r in rows if r.get("val/acc")]) == 4  # every 2 of 4 batches, 2 epochs
+    cli = main(["fit", *QUIET, "--trainer.fast_dev_run=3"])
+    assert cli.trainer.global_step == 3 and not Path("lightning_logs/classifier/version_1").exists()
+
+
+def test_save_weights_only_drops_the_optimizer_state() -> None:
+    main(["fit", *SHORT, "--checkpoint.save_weights_only=true", "--test_after_fit=false"])
+    best = next(Path("lightning_logs/classifier/version_0/checkpoints").glob("epoch=*.ckpt"))
+    last = Path("lightning_logs/classifier/version_0/checkpoints/last.ckpt")
+    assert "optimizer_states" not in torch.load(best, weights_only=True)
+    assert "optimizer_states" in torch.load(last, weights_only=True)  # last.ckpt must stay resumable

@@ -126,7 +126,9 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_takes_overrides() 
     path = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     x = next(iter(cli.datamodule.test_dataloader()))[0]
     trained = cli.model.eval()
-    loaded = Classifier.load_from_checkpoint(path).eval()
+    loaded = Classifier.load_from_checkpoint(path)
+    loaded.freeze()  # eval mode and no gradients: ready for inference
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     with torch.no_grad():
         assert torch.equal(trained(x), loaded(x))
     overridden = Classifier.load_from_checkpoint(path, lr=0.5, dropout=0.3)

@@ -153,3 +153,5 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     counts = np.loadtxt(version / "val_confusion_matrix/epoch=001.csv", delimiter=",")
     assert counts.shape == (10, 10) and counts.sum() == 180
     assert "test/acc" in result.stdout
+    # the metrics table is printed with self.print: once per epoch, not once per process
+    assert result.stdout.count("epoch │ step") == 2

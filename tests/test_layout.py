@@ -1,0 +1,45 @@
+"""The anatomy every system promises (DESIGN.md): plain-torch models, no system importing another."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+
+from tests.helpers import ROOT
+
+SYSTEMS = sorted(p.name for p in (ROOT / "systems").iterdir() if (p / "module.py").exists())
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    return names
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_the_system_folder_has_its_anatomy(system: str) -> None:
+    folder = ROOT / "systems" / system
+    for name in ("__init__.py", "model.py", "module.py", "train.py", "config.yaml", "README.md"):
+        assert (folder / name).is_file(), name
+    package = importlib.import_module(f"systems.{system}")
+    exported = [getattr(package, name) for name in package.__all__]
+    assert any(isinstance(obj, type) and issubclass(obj, pl.LightningModule) for obj in exported)
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_model_py_is_plain_torch(system: str) -> None:
+    imports = imported_modules(ROOT / "systems" / system / "model.py")
+    assert not {name for name in imports if name.split(".")[0] in ("pytorch_lightning", "lightning")}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_a_system_imports_no_other_system(system: str) -> None:
+    for path in (ROOT / "systems" / system).glob("*.py"):
+        for name in imported_modules(path):
+            parts = name.split(".")
+            assert parts[0] != "systems" or parts[1:2] == [system], f"{path.name} imports {name}"
