@@ -1,0 +1,143 @@
+"""``python -m benchmarks.parity``: the same training step in a plain PyTorch loop and in the Trainer,
+over the same loader of pinned host batches, alternated ``--runs`` times. Reports the time ratio
+(Lightning / plain) with its spread, and whether the two loops computed the same losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from benchmarks import report
+from benchmarks.runner import (
+    common_arguments,
+    environment,
+    make_loader,
+    pick_device,
+    results_folder,
+    run_plain,
+    run_trainer,
+    workload_sizes,
+)
+from benchmarks.timing import Windows
+from benchmarks.workloads import PRECISIONS, WORKLOADS
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    common_arguments(parser, precisions=["fp32", "bf16-mixed"])
+    parser.add_argument("--runs", type=int, default=4, help="pairs of runs (plain, then Trainer)")
+    args = parser.parse_args(argv)
+    device = pick_device(args.accelerator)
+    sizes = workload_sizes(args, device)
+    rows = []
+    for name in args.workloads:
+        workload = WORKLOADS[name]
+        for precision in (PRECISIONS[p] for p in args.precisions):
+            if precision.gpu_only and device.type != "cuda":
+                rows.append(
+                    {"workload": name, "precision": precision.name, "status": "skipped", "note": "needs CUDA"}
+                )
+                continue
+            plain, lightning = [], []
+            for _ in range(args.runs):
+                for runner, results in ((run_plain, plain), (run_trainer, lightning)):
+                    windows = Windows(device, args.warmup, args.window, args.repeats)
+                    data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=False)
+                    results.append(runner(workload, sizes[name], precision, device, windows, data))
+            rows.append(compare(name, precision.name, plain, lightning, device))
+            print(f"{name:>11} {precision.name:>12}: Lightning / plain = {rows[-1]['ratios']}", flush=True)
+    payload = {
+        "benchmark": "parity",
+        "environment": environment(device),
+        "sizes": sizes,
+        "timing": {"warmup": args.warmup, "window": args.window, "repeats": args.repeats, "runs": args.runs},
+        "rows": rows,
+    }
+    paths = report.write(results_folder(args.out, device), "parity", payload, table(payload), chart(rows))
+    print("\n".join(str(p) for p in paths))
+    return payload
+
+
+def compare(
+    name: str,
+    precision: str,
+    plain: list[dict[str, Any]],
+    lightning: list[dict[str, Any]],
+    device: torch.device,
+) -> dict[str, Any]:
+    ratios = [lit["median_step_s"] / pln["median_step_s"] for pln, lit in zip(plain, lightning, strict=True)]
+    first_plain, first_lightning = torch.tensor(plain[0]["losses"]), torch.tensor(lightning[0]["losses"])
+    # bitwise on a CPU in fp32; a GPU's kernels and reduced precision round differently
+    tolerance = 1e-5 if device.type == "cpu" and precision == "fp32" else 2e-2
+    same_length = first_plain.shape == first_lightning.shape
+    difference = (first_plain - first_lightning).abs().max().item() if same_length else float("inf")
+    return {
+        "workload": name,
+        "precision": precision,
+        "status": "ok",
+        "plain_step_s": [r["median_step_s"] for r in plain],
+        "lightning_step_s": [r["median_step_s"] for r in lightning],
+        "ratios": [round(r, 4) for r in ratios],
+        "median_ratio": statistics.median(ratios),
+        "min_ratio": min(ratios),
+        "max_ratio": max(ratios),
+        "max_loss_difference": difference,
+        "losses_match": same_length and difference <= tolerance * max(1.0, first_plain.abs().max().item()),
+    }
+
+
+def table(payload: dict[str, Any]) -> str:
+    lines = []
+    for row in payload["rows"]:
+        if row["status"] != "ok":
+            lines.append([row["workload"], row["precision"], "skipped: " + row["note"], "", "", ""])
+            continue
+        lines.append(
+            [
+                row["workload"],
+                row["precision"],
+                f"{statistics.median(row['plain_step_s']) * 1e3:.2f}",
+                f"{statistics.median(row['lightning_step_s']) * 1e3:.2f}",
+                f"{row['median_ratio']:.3f} ({row['min_ratio']:.3f}-{row['max_ratio']:.3f}): "
+                + ", ".join(f"{r:.2f}" for r in row["ratios"]),
+                "yes" if row["losses_match"] else f"NO (max difference {row['max_loss_difference']:.2e})",
+            ]
+        )
+    header = [
+        "workload",
+        "precision",
+        "plain ms/step",
+        "Lightning ms/step",
+        "ratio median (min-max): runs",
+        "same losses",
+    ]
+    sizes = "; ".join(f"{name}: {s}" for name, s in payload["sizes"].items())
+    return (
+        f"# Lightning against a plain PyTorch loop\n\n{report.environment_line(payload['environment'])}\n\n"
+        f"Sizes: {sizes}. Timing: {payload['timing']}.\n\n" + report.markdown_table(header, lines)
+    )
+
+
+def chart(rows: list[dict[str, Any]]) -> Figure:
+    ok = [r for r in rows if r["status"] == "ok"]
+    figure = Figure(figsize=(max(4, 1.6 * len(ok)), 3.5))
+    axes = figure.subplots()
+    labels = [f"{r['workload']}\n{r['precision']}" for r in ok]
+    axes.bar(labels, [r["median_ratio"] for r in ok], color="tab:orange")
+    for x, r in enumerate(ok):
+        axes.plot([x, x], [r["min_ratio"], r["max_ratio"]], color="black")
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    axes.axhline(1.05, color="gray", linestyle="--", linewidth=0.8)
+    axes.set(ylabel="Lightning / plain loop (time per step)")
+    return figure
+
+
+if __name__ == "__main__":
+    main()

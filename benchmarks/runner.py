@@ -1,0 +1,167 @@
+"""Running a workload in the Trainer or in its plain loop, and what both benchmark commands share."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from benchmarks.timing import TrainerWindows, Windows, losses_as_floats
+from benchmarks.workloads import PRECISIONS, WORKLOADS, Precision, Workload, loader, to_device
+
+# the runs are deliberately bare: no workers, no validation, no logger; Lightning's advice about it is noise
+warnings.filterwarnings("ignore", module="pytorch_lightning")
+warnings.filterwarnings("ignore", module="lightning_fabric")
+
+
+def pick_device(accelerator: str) -> torch.device:
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    if accelerator in ("cuda", "gpu"):
+        if not torch.cuda.is_available():
+            raise SystemExit(
+                "--accelerator=cuda asked for, but torch sees no CUDA device: use --accelerator=cpu."
+            )
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "cuda": torch.version.cuda or "none",
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def results_folder(root: Path, device: torch.device) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+    return root / f"{slug}-{datetime.date.today().isoformat()}"
+
+
+def make_loader(
+    workload: Workload, sizes: dict[str, int], steps: int, device: torch.device, on_device: bool
+) -> DataLoader:
+    """Batches already on the device (as PERFORMANCE.md's plain figures), or pinned on the host so every
+    step pays the copy (the parity benchmark: the same loader for both loops)."""
+    batches = workload.batches(sizes, torch.Generator().manual_seed(0))
+    if on_device:
+        batches = [to_device(b, device) for b in batches]
+    elif device.type == "cuda":
+        batches = [
+            [t.pin_memory() for t in b] if isinstance(b, (list, tuple)) else b.pin_memory() for b in batches
+        ]
+    return loader(batches, steps)
+
+
+class ChannelsLast(pl.Callback):
+    """Put the module's weights in channels_last; convolutions then run in NHWC (inputs follow the weights)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+
+def run_trainer(
+    workload: Workload,
+    sizes: dict[str, int],
+    precision: Precision,
+    device: torch.device,
+    windows: Windows,
+    data: DataLoader,
+) -> dict[str, Any]:
+    """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses."""
+    precision.apply_tf32()
+    torch.manual_seed(0)
+    module = workload.build(sizes)
+    timer = TrainerWindows(windows)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=precision.lightning,
+        max_epochs=1,
+        limit_train_batches=windows.total_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
+    )
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer.fit(module, train_dataloaders=data)
+    return {**windows.summary(), **_memory(device), "losses": losses_as_floats(timer.losses)}
+
+
+def run_plain(
+    workload: Workload,
+    sizes: dict[str, int],
+    precision: Precision,
+    device: torch.device,
+    windows: Windows,
+    data: DataLoader,
+) -> dict[str, Any]:
+    """The same step in the workload's plain PyTorch loop, from the same initial weights."""
+    precision.apply_tf32()
+    torch.manual_seed(0)
+    module = workload.build(sizes)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    losses = workload.plain_loop(module, data, device, precision, windows)
+    return {**windows.summary(), **_memory(device), "losses": losses_as_floats(losses)}
+
+
+def _memory(device: torch.device) -> dict[str, float | None]:
+    if device.type != "cuda":
+        return {"peak_memory_mib": None}
+    return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> None:
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--precisions", nargs="+", default=precisions, choices=list(PRECISIONS))
+    parser.add_argument(
+        "--preset", default=None, choices=["gpu", "tiny"], help="default: gpu on CUDA, else tiny"
+    )
+    parser.add_argument(
+        "--size",
+        nargs="*",
+        default=[],
+        metavar="WORKLOAD.KEY=N",
+        help="override a preset, e.g. transfer.batch=64",
+    )
+    parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
+    parser.add_argument("--warmup", type=int, default=10, help="steps before timing starts")
+    parser.add_argument("--window", type=int, default=10, help="steps per timed window")
+    parser.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results root folder")
+
+
+def workload_sizes(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, int]]:
+    preset = args.preset or ("gpu" if device.type == "cuda" else "tiny")
+    sizes = {name: dict(WORKLOADS[name].presets[preset]) for name in args.workloads}
+    for item in args.size:
+        match = re.fullmatch(r"(\w+)\.(\w+)=(\d+)", item)
+        if not match or match[1] not in WORKLOADS or match[2] not in WORKLOADS[match[1]].presets[preset]:
+            raise SystemExit(f"--size {item!r}: write WORKLOAD.KEY=N with a key of that workload's preset.")
+        sizes.setdefault(match[1], dict(WORKLOADS[match[1]].presets[preset]))[match[2]] = int(match[3])
+    return sizes

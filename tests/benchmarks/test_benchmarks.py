@@ -1,0 +1,60 @@
+"""Both benchmark commands at tiny sizes on the CPU: the output's schema and its sanity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import amp, parity
+from benchmarks.workloads import WORKLOADS
+
+TINY = ["--accelerator=cpu", "--preset=tiny", "--warmup=2", "--window=2", "--repeats=2"]
+
+
+def only_folder(root: Path) -> Path:
+    (folder,) = root.iterdir()
+    return folder
+
+
+def test_amp_times_every_cpu_mode_and_skips_the_gpu_ones(tmp_path: Path) -> None:
+    payload = amp.main([*TINY, "--workloads", "classifier", "--out", str(tmp_path)])
+    folder = only_folder(tmp_path)
+    assert folder.name.startswith("cpu-")
+    assert {p.name for p in folder.iterdir()} == {"amp.json", "amp.md", "amp.png"}
+    assert json.loads((folder / "amp.json").read_text()) == payload
+    rows = {row["precision"]: row for row in payload["rows"]}
+    assert rows["tf32"]["status"] == rows["16-mixed"]["status"] == "skipped"
+    assert "CUDA" in rows["tf32"]["note"]
+    for name in ("fp32", "bf16-mixed", "bf16-mixed+channels_last"):
+        row = rows[name]
+        assert row["status"] == "ok"
+        assert 0 < row["min_step_s"] <= row["median_step_s"] <= row["max_step_s"]
+        assert row["items_per_s"] == pytest.approx(16 / row["median_step_s"])
+        assert row["peak_memory_mib"] is None  # no GPU, no GPU memory
+    assert rows["fp32"]["speedup_vs_fp32"] == 1.0
+    assert "skipped: needs a CUDA GPU" in (folder / "amp.md").read_text()
+
+
+def test_parity_runs_both_loops_and_their_losses_agree(tmp_path: Path) -> None:
+    payload = parity.main(
+        [*TINY, "--workloads", "classifier", "--precisions", "fp32", "--runs=2", "--out", str(tmp_path)]
+    )
+    (row,) = payload["rows"]
+    assert row["status"] == "ok" and len(row["ratios"]) == 2
+    assert row["min_ratio"] <= row["median_ratio"] <= row["max_ratio"]
+    assert row["losses_match"] and row["max_loss_difference"] <= 1e-5
+    table = (only_folder(tmp_path) / "parity.md").read_text()
+    assert "| classifier | fp32 |" in table and "| yes |" in table
+
+
+def test_a_size_override_must_name_a_known_key(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"WORKLOAD\.KEY=N"):
+        amp.main([*TINY, "--workloads", "classifier", "--size", "classifier.depth=3", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_every_workload_has_both_presets_with_the_same_keys(name: str) -> None:
+    presets = WORKLOADS[name].presets
+    assert presets["gpu"].keys() == presets["tiny"].keys()
