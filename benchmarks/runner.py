@@ -77,6 +77,22 @@ class ChannelsLast(pl.Callback):
         pl_module.to(memory_format=torch.channels_last)
 
 
+def fresh_start(workload: Workload, sizes: dict[str, int], precision: Precision, device: torch.device):
+    """The same initial weights and a clean memory count for every run, Trainer or plain."""
+    precision.apply_tf32()
+    torch.manual_seed(0)
+    module = workload.build(sizes)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    return module
+
+
+def finish(windows: Windows, device: torch.device, losses: list) -> dict[str, Any]:
+    memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {**windows.summary(), "peak_memory_mib": memory, "losses": losses_as_floats(losses)}
+
+
 def run_trainer(
     workload: Workload,
     sizes: dict[str, int],
@@ -86,9 +102,7 @@ def run_trainer(
     data: DataLoader,
 ) -> dict[str, Any]:
     """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses."""
-    precision.apply_tf32()
-    torch.manual_seed(0)
-    module = workload.build(sizes)
+    module = fresh_start(workload, sizes, precision, device)
     timer = TrainerWindows(windows)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -104,11 +118,8 @@ def run_trainer(
         enable_model_summary=False,
         callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
     )
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     trainer.fit(module, train_dataloaders=data)
-    return {**windows.summary(), **_memory(device), "losses": losses_as_floats(timer.losses)}
+    return finish(windows, device, timer.losses)
 
 
 def run_plain(
@@ -120,20 +131,8 @@ def run_plain(
     data: DataLoader,
 ) -> dict[str, Any]:
     """The same step in the workload's plain PyTorch loop, from the same initial weights."""
-    precision.apply_tf32()
-    torch.manual_seed(0)
-    module = workload.build(sizes)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    losses = workload.plain_loop(module, data, device, precision, windows)
-    return {**windows.summary(), **_memory(device), "losses": losses_as_floats(losses)}
-
-
-def _memory(device: torch.device) -> dict[str, float | None]:
-    if device.type != "cuda":
-        return {"peak_memory_mib": None}
-    return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    module = fresh_start(workload, sizes, precision, device)
+    return finish(windows, device, workload.plain_loop(module, data, device, precision, windows))
 
 
 def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> None:
