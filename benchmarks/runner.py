@@ -77,7 +77,9 @@ class ChannelsLast(pl.Callback):
         pl_module.to(memory_format=torch.channels_last)
 
 
-def fresh_start(workload: Workload, sizes: dict[str, int], precision: Precision, device: torch.device):
+def fresh_start(
+    workload: Workload, sizes: dict[str, int], precision: Precision, device: torch.device
+) -> pl.LightningModule:
     """The same initial weights and a clean memory count for every run, Trainer or plain."""
     precision.apply_tf32()
     torch.manual_seed(0)
