@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 
 class MetricsTable(Callback):
@@ -100,7 +101,8 @@ class LastCheckpoint(ModelCheckpoint):
 
 class CrashCheckpoint(Callback):
     """Save ``on_exception.ckpt`` when training dies of an exception or SIGTERM (a cluster's pre-emption),
-    so the run resumes with ``--ckpt_path``; nothing is written for errors raised before training began.
+    so the run resumes with ``--ckpt_path``; nothing is written for errors raised before training began,
+    nor under DDP for anything but SIGTERM.
 
     A finished ``fit`` removes the file again. Only SIGKILL leaves no time to save: then the last
     ``ModelCheckpoint`` file (``last.ckpt``) is the one to resume from. (A plain callback rather than
@@ -114,8 +116,13 @@ class CrashCheckpoint(Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        if trainer.state.fn == TrainerFn.FITTING and trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
+        if trainer.state.fn != TrainerFn.FITTING or trainer.global_step == 0:
+            return
+        # Under DDP an ordinary exception usually stops one process only, and saving (a collective) would
+        # wait for the others forever. Lightning broadcasts SIGTERM, so on SIGTERM all processes are here.
+        if trainer.world_size > 1 and not isinstance(exception, SIGTERMException):
+            return
+        trainer.save_checkpoint(self.path)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and trainer.is_global_zero:
