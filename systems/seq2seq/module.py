@@ -169,7 +169,7 @@ class Seq2Seq(pl.LightningModule):
         mask = padding_mask(lengths, inputs.shape[1])
         optimizer = self.optimizers()
         state = None  # as in 1.x, every batch starts a fresh stream
-        loss_sum, token_count = torch.zeros((), device=self.device), mask.sum()
+        loss_sum, predictions = torch.zeros((), device=self.device), []
         for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
             loss, logits, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             optimizer.zero_grad()
@@ -177,13 +177,14 @@ class Seq2Seq(pl.LightningModule):
             self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
             optimizer.step()  # one optimizer step per chunk: trainer.global_step counts chunks
             state = self.carry(state)
-            real = mask[:, chunk]
-            loss_sum += loss.detach() * real.sum()
-            self.train_acc(logits.detach().argmax(dim=-1)[real], targets[:, chunk][real])
+            loss_sum += loss.detach() * mask[:, chunk].sum()
+            predictions.append(logits.detach().argmax(dim=-1))
+        # once per batch: a chunk may hold padding only (a short batch padded for DDP)
+        self.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
         batch_size = inputs.shape[0]
         self.log(
             "train/loss",
-            loss_sum / token_count,
+            loss_sum / mask.sum(),
             on_step=True,
             on_epoch=True,
             prog_bar=True,
@@ -256,7 +257,8 @@ class Seq2Seq(pl.LightningModule):
                 self.val_examples.append((inputs[i, :n].cpu(), targets[i, :n].cpu(), tokens[i, :n].cpu()))
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_examples:
+        # every process calls log_text (it joins a broadcast under DDP); rank 0 writes its own examples
+        if self.hparams.num_examples > 0:
             text = "\n\n".join(
                 format_decoding(*example, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)
                 for example in self.val_examples

@@ -43,7 +43,7 @@ def plain_loop(model: Seq2Seq, data: SequenceDataModule, batches: int, warmup: i
         if index == warmup:
             start = time.perf_counter()
         mask = padding_mask(lengths, inputs.shape[1])
-        state, loss_sum = None, torch.zeros(())
+        state, loss_sum, predictions = None, torch.zeros(()), []
         for chunk in time_chunks(inputs.shape[1], hparams.truncated_bptt_steps):
             loss, logits, state = model.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             optimizer.zero_grad()
@@ -51,9 +51,9 @@ def plain_loop(model: Seq2Seq, data: SequenceDataModule, batches: int, warmup: i
             torch.nn.utils.clip_grad_norm_(model.parameters(), hparams.gradient_clip_val)
             optimizer.step()
             state = model.carry(state)
-            real = mask[:, chunk]
-            loss_sum += loss.detach() * real.sum()
-            model.train_acc(logits.detach().argmax(dim=-1)[real], targets[:, chunk][real])
+            loss_sum += loss.detach() * mask[:, chunk].sum()
+            predictions.append(logits.detach().argmax(dim=-1))
+        model.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
         if index >= warmup:
             tokens += int(mask.sum())
     return time.perf_counter() - start, tokens
