@@ -66,6 +66,8 @@ def test_fit_counts_one_step_per_chunk_and_logs_metrics_and_decodings() -> None:
     events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
     assert "val/decodings/text_summary" in events.Tags()["tensors"]
     assert (folder / "checkpoints" / "last.ckpt").is_file()
+    assert cli.model.val_examples == []  # kept for the epoch's end, freed there
+    assert cli.model.lr_schedulers().last_epoch == 1  # stepped by hand, once per epoch
 
 
 def test_checkpoint_round_trip_with_an_overridden_chunk_size(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -119,6 +120,19 @@ def test_global_step_counts_chunks_while_the_logged_step_counts_batches(tmp_path
     logged_steps = [int(row["step"]) for row in step_rows if row["train/loss_step"]]
     assert trainer.global_step == 8
     assert logged_steps == [0, 1]
+
+
+def test_max_steps_and_every_n_train_steps_count_chunks_but_are_checked_between_batches(
+    tmp_path: Path,
+) -> None:
+    """Lightning looks at ``global_step`` only when a batch ends, after all its chunks (4 here):
+    ``max_steps=5`` stops at 8, and a checkpoint every 6 steps fires at 12 only (6 falls inside a batch)."""
+    stopped = fit(tiny_model(16), batches_of(50, batches=3), max_steps=5)
+    assert stopped.global_step == 8
+
+    every_6 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=-1)
+    fit(tiny_model(16), batches_of(50, batches=3), callbacks=[every_6], enable_checkpointing=True)
+    assert [path.name for path in tmp_path.glob("*.ckpt")] == ["epoch=0-step=12.ckpt"]
 
 
 def test_a_chunk_loss_has_no_gradient_from_the_previous_chunk_inputs() -> None:
