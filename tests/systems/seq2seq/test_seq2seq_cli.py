@@ -93,6 +93,9 @@ def test_checkpoint_round_trip_with_an_overridden_chunk_size(monkeypatch: pytest
     # carried state: the stream does not depend on where it is cut
     assert torch.equal(rechunked_tokens, expected_tokens)
 
+    with pytest.raises(ValueError, match="do not fit"):
+        Seq2Seq.load_from_checkpoint(path, hidden_size=32)
+
 
 class _StopAfterFirstEpoch(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
