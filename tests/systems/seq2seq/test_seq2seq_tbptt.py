@@ -110,16 +110,17 @@ def test_optimizer_steps_per_batch_equal_the_number_of_chunks(
 
 
 def test_global_step_counts_chunks_while_the_logged_step_counts_batches(tmp_path: Path) -> None:
-    """What the README says about the step axis: ``global_step`` (and ``max_steps``) count optimizer steps,
-    i.e. chunks; the step column of the loggers counts batches."""
+    """What the README says about the step axis: ``global_step`` counts optimizer steps, i.e. chunks (4
+    per batch here); the loggers' step column and ``log_every_n_steps`` count batches (every 2nd batch
+    is logged, not every batch, as counting chunks would give)."""
     model = tiny_model(16)
-    trainer = fit(model, batches_of(50, batches=2), logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    trainer = fit(model, batches_of(50, batches=3), logger=CSVLogger(tmp_path), log_every_n_steps=2)
     rows = (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     step_rows = [dict(zip(header, row.split(","), strict=True)) for row in rows[1:]]
     logged_steps = [int(row["step"]) for row in step_rows if row["train/loss_step"]]
-    assert trainer.global_step == 8
-    assert logged_steps == [0, 1]
+    assert trainer.global_step == 12
+    assert logged_steps == [1]
 
 
 def test_max_steps_and_every_n_train_steps_count_chunks_but_are_checked_between_batches(
