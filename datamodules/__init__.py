@@ -3,5 +3,12 @@
 from datamodules.common import EpochSeededRandomSampler, ImageDataModule
 from datamodules.digits import DigitsDataModule
 from datamodules.mnist import MNISTDataModule
+from datamodules.sequences import SequenceDataModule
 
-__all__ = ["DigitsDataModule", "EpochSeededRandomSampler", "ImageDataModule", "MNISTDataModule"]
+__all__ = [
+    "DigitsDataModule",
+    "EpochSeededRandomSampler",
+    "ImageDataModule",
+    "MNISTDataModule",
+    "SequenceDataModule",
+]

@@ -1,0 +1,327 @@
+"""The seq2seq system: an encoder and a decoder trained with truncated backprop through time (TBPTT).
+
+Lightning 1.x did TBPTT for you: ``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called
+``training_step(batch, batch_idx, hiddens)`` once per piece and stepped the optimizer after each.
+Lightning 2.0 removed that; here ``training_step`` does the same by hand, under manual optimization.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from datamodules.sequences import SequenceBatch, padding_mask
+from shared.checkpoints import check_checkpoint_fits
+from shared.visuals import log_text
+from systems.seq2seq.model import Decoder, Encoder, StreamState, detach_state
+
+# how example decodings show a token when the vocabulary is small enough for one character per token
+_ALPHABET = string.digits + string.ascii_letters
+_EXAMPLE_WIDTH = 64
+
+
+def time_chunks(length: int, chunk_size: int) -> list[slice]:
+    """The 1.x split along time: pieces of ``chunk_size`` steps, the last one shorter when need be."""
+    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the real steps (``mask`` True); padded steps add nothing, not even gradients.
+
+    A piece with no real step (every sequence already ended) has loss 0.
+    """
+    safe_targets = targets.masked_fill(~mask, 0)
+    losses = F.cross_entropy(logits.transpose(1, 2), safe_targets, reduction="none")
+    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+class Seq2Seq(pl.LightningModule):
+    """A streaming encoder-decoder that emits one target token per input token.
+
+    Training cuts every batch into chunks of ``truncated_bptt_steps`` time steps. Each chunk gets its own
+    forward, backward and optimizer step; both nets' states (and the decoder's last token) pass to the
+    next chunk detached, so gradients stop at chunk borders, and start afresh with every batch.
+    Validation, test and prediction stream the sequences through in the same chunks with greedy
+    decoding, carrying the state as a live stream would.
+
+    Args:
+        vocab_size: number of distinct tokens (linked from the datamodule); token ``vocab_size`` is padding
+            for the encoder and the start token for the decoder.
+        embedding_dim: size of the token embeddings of both nets.
+        hidden_size: LSTM width of both nets.
+        num_layers: LSTM layers of each net.
+        truncated_bptt_steps: time steps per chunk, as 1.x's Trainer argument of that name.
+        carry_states: pass the states on from chunk to chunk (TBPTT); False starts every chunk afresh,
+            the ablation that shows what carrying buys.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        gradient_clip_val: clip each chunk's gradient norm to this (0 turns clipping off); manual
+            optimization does not clip for you, so ``Trainer(gradient_clip_val=...)`` is refused.
+        num_examples: validation sequences whose decodings are written out at each epoch's end.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 10,
+        embedding_dim: int = 32,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        truncated_bptt_steps: int = 32,
+        carry_states: bool = True,
+        lr: float = 3e-3,
+        weight_decay: float = 0.0,
+        gradient_clip_val: float = 1.0,
+        num_examples: int = 4,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if vocab_size < 2:
+            raise ValueError(
+                f"vocab_size must be at least 2, got {vocab_size}: let the CLI link it from the data."
+            )
+        if min(embedding_dim, hidden_size, num_layers) < 1:
+            raise ValueError(
+                f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, "
+                f"{hidden_size} and {num_layers}: fix the model's sizes."
+            )
+        if truncated_bptt_steps < 1:
+            raise ValueError(
+                f"truncated_bptt_steps must be a positive int, got {truncated_bptt_steps}: set "
+                "model.truncated_bptt_steps to the time steps per chunk (e.g. 32)."
+            )
+        if lr <= 0 or weight_decay < 0 or gradient_clip_val < 0 or num_examples < 0:
+            raise ValueError(
+                f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
+                f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
+                f"num_examples={num_examples}: fix those model settings."
+            )
+        # the loop over chunks calls backward and step itself: Lightning must not do it once per batch
+        self.automatic_optimization = False
+        self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
+        self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
+        self.train_acc = MulticlassAccuracy(vocab_size, average="micro")
+        self.eval_metrics = nn.ModuleDict(
+            {
+                stage: nn.ModuleDict(
+                    {
+                        "acc": MulticlassAccuracy(vocab_size, average="micro"),
+                        "acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"),
+                        "exact": MeanMetric(),
+                    }
+                )
+                for stage in ("val", "test")
+            }
+        )
+        # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
+        self.val_examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    # --- the two nets together, on one chunk ---------------------------------------------------------
+
+    def _unpack(self, state: StreamState | None, batch_size: int) -> tuple[Any, Any, torch.Tensor]:
+        """``None`` (1.x's first ``hiddens``) means a fresh stream: zero LSTM states, the start token."""
+        if state is not None:
+            return state
+        start = torch.full((batch_size,), self.decoder.start_token, dtype=torch.long, device=self.device)
+        return None, None, start
+
+    def forward(
+        self, inputs: torch.Tensor, state: StreamState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
+        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
+        encoded, encoder_state = self.encoder(inputs, encoder_state)
+        tokens, logits, decoder_state = self.decoder.greedy(encoded, last_token, decoder_state)
+        return tokens, logits, StreamState(encoder_state, decoder_state, tokens[:, -1])
+
+    def teacher_forced(
+        self, inputs: torch.Tensor, targets: torch.Tensor, state: StreamState | None = None
+    ) -> tuple[torch.Tensor, StreamState]:
+        """Logits (B, T, vocab) of one chunk, the true previous tokens fed to the decoder; the next state."""
+        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
+        encoded, encoder_state = self.encoder(inputs, encoder_state)
+        previous_tokens = torch.cat([last_token.unsqueeze(1), targets[:, :-1]], dim=1)
+        logits, decoder_state = self.decoder(encoded, previous_tokens, decoder_state)
+        return logits, StreamState(encoder_state, decoder_state, targets[:, -1])
+
+    def chunk_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """The loss of one chunk over its real steps, its logits, and the state to hand to the next chunk."""
+        logits, state = self.teacher_forced(inputs, targets, state)
+        return masked_cross_entropy(logits, targets, mask), logits, state
+
+    def carry(self, state: StreamState) -> StreamState | None:
+        """What the next chunk starts from: this state detached, or nothing when states are not carried."""
+        return detach_state(state) if self.hparams.carry_states else None
+
+    # --- training: truncated backprop through time -------------------------------------------------------
+
+    def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
+        inputs, targets, lengths = self._same_length_in_every_process(batch)
+        mask = padding_mask(lengths, inputs.shape[1])
+        optimizer = self.optimizers()
+        state = None  # as in 1.x, every batch starts a fresh stream
+        loss_sum, predictions = torch.zeros((), device=self.device), []
+        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+            loss, logits, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+            optimizer.step()  # one optimizer step per chunk: trainer.global_step counts chunks
+            state = self.carry(state)
+            loss_sum += loss.detach() * mask[:, chunk].sum()
+            predictions.append(logits.detach().argmax(dim=-1))
+        # once per batch: a chunk may hold padding only (a short batch padded for DDP)
+        self.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
+        batch_size = inputs.shape[0]
+        self.log(
+            "train/loss",
+            loss_sum / mask.sum(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+        )
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=batch_size)
+
+    def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
+        """Pad the batch to the longest batch of all processes: under DDP each backward all-reduces the
+        gradients, so every process must run as many chunks or the others wait for it forever."""
+        inputs, targets, lengths = batch
+        if self.trainer.world_size == 1:
+            return batch
+        longest = int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max())
+        extra = (0, longest - inputs.shape[1])
+        pad_index = self.hparams.vocab_size
+        return F.pad(inputs, extra, value=pad_index), F.pad(targets, extra, value=pad_index), lengths
+
+    def on_train_epoch_end(self) -> None:
+        # manual optimization leaves the scheduler to us; stepped before last.ckpt is written, so a resumed
+        # run starts the next epoch at the learning rate an uninterrupted one would
+        self.lr_schedulers().step()
+
+    # --- streaming evaluation and prediction -----------------------------------------------------------
+
+    def stream(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy-decode whole sequences (B, T) chunk by chunk, the state carried from each to the next."""
+        state, tokens, logits = None, [], []
+        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+            chunk_tokens, chunk_logits, state = self(inputs[:, chunk], state)
+            state = self.carry(state)
+            tokens.append(chunk_tokens)
+            logits.append(chunk_logits)
+        return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
+
+    def stream_loss(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The teacher-forced loss of whole sequences over their real steps, chunk by chunk as in training."""
+        state, loss_sum = None, torch.zeros((), device=self.device)
+        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+            loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
+            state = self.carry(state)
+            loss_sum += loss * mask[:, chunk].sum()
+        return loss_sum / mask.sum().clamp(min=1)
+
+    def _evaluate(self, batch: SequenceBatch, stage: str) -> torch.Tensor:
+        inputs, targets, lengths = batch
+        mask = padding_mask(lengths, inputs.shape[1])
+        tokens, _ = self.stream(inputs)
+        metrics = self.eval_metrics[stage]
+        metrics["acc"](tokens[mask], targets[mask])
+        late = mask.clone()
+        late[:, : self.hparams.truncated_bptt_steps] = False
+        if late.any():
+            metrics["acc_past_first_chunk"](tokens[late], targets[late])
+        metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
+        batch_size = inputs.shape[0]
+        loss = self.stream_loss(inputs, targets, mask)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch_size)
+        self.log(f"{stage}/acc", metrics["acc"], prog_bar=stage == "val", batch_size=batch_size)
+        self.log(f"{stage}/acc_past_first_chunk", metrics["acc_past_first_chunk"], batch_size=batch_size)
+        self.log(f"{stage}/exact", metrics["exact"], batch_size=batch_size)
+        return tokens
+
+    def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
+        tokens = self._evaluate(batch, "val")
+        if batch_idx == 0:
+            inputs, targets, lengths = batch
+            for i in range(min(self.hparams.num_examples, inputs.shape[0])):
+                n = int(lengths[i])
+                self.val_examples.append((inputs[i, :n].cpu(), targets[i, :n].cpu(), tokens[i, :n].cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        # every process calls log_text (it joins a broadcast under DDP); rank 0 writes its own examples
+        if self.hparams.num_examples > 0:
+            text = "\n\n".join(
+                format_decoding(*example, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)
+                for example in self.val_examples
+            )
+            log_text(self.trainer, "val/decodings", f"epoch {self.current_epoch}\n\n{text}")
+        self.val_examples.clear()
+
+    def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
+        """Stream whole sequences through chunk by chunk; one tensor of tokens per sequence, padding cut off.
+
+        ``batch`` is a datamodule batch ``(inputs, targets, lengths)`` or a bare (B, T) tensor of inputs.
+        """
+        if isinstance(batch, (list, tuple)):
+            inputs, _, lengths = batch
+        else:
+            inputs, lengths = batch, torch.full((batch.shape[0],), batch.shape[1])
+        tokens, _ = self.stream(inputs)
+        return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
+            raise ValueError(
+                "The cosine schedule is stepped once per epoch and needs trainer.max_epochs to size it: set "
+                "trainer.max_epochs (trainer.max_steps counts chunks, not epochs)."
+            )
+        scheduler = CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_fits(checkpoint, self)
+
+
+def format_decoding(
+    inputs: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor, vocab_size: int, chunk_size: int
+) -> str:
+    """One sequence as rows of input, target and output tokens, a ``^`` under each wrong output and a
+    ``|`` over each chunk border, wrapped every ``_EXAMPLE_WIDTH`` steps."""
+    width = 1 if vocab_size <= len(_ALPHABET) else len(str(vocab_size - 1)) + 1
+
+    def cells(values: torch.Tensor) -> list[str]:
+        if width == 1:
+            return [_ALPHABET[v] for v in values.tolist()]
+        return [str(v).rjust(width) for v in values.tolist()]
+
+    wrong = (tokens != targets).tolist()
+    rows = {
+        "chunks": ["|" if t % chunk_size == 0 and t > 0 else " " for t in range(len(inputs))],
+        "input": cells(inputs),
+        "target": cells(targets),
+        "output": cells(tokens),
+        "wrong": ["^" if w else " " for w in wrong],
+    }
+    lines = [f"{len(inputs)} steps, {len(wrong) - sum(wrong)} right, {sum(wrong)} wrong"]
+    for start in range(0, len(inputs), _EXAMPLE_WIDTH):
+        for name, row in rows.items():
+            piece = row[start : start + _EXAMPLE_WIDTH]
+            if width > 1 and name in ("chunks", "wrong"):
+                piece = [cell.rjust(width) for cell in piece]
+            lines.append(f"{name:>7} {''.join(piece)}".rstrip())
+    return "\n".join(lines)
