@@ -25,12 +25,15 @@ class UnfreezeBackbone(Callback):
     """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze()`` makes the top backbone stages
     trainable, and their parameters join the (first) optimizer as a new group named ``backbone`` at ``lr``.
 
-    Why not Lightning's ``BackboneFinetuning``: its freezing leaves the backbone in train mode, so with
-    ``train_bn=False`` BatchNorm normalises with batch statistics in training (it only stops tracking
-    them) and with the stored ones in validation, and with ``train_bn=True`` (its default) BatchNorm trains
-    while "frozen"; the BatchNorm policy here is the module's ``bn_policy`` instead. It also unfreezes the
-    whole backbone and changes the group's learning rate every epoch by ``lambda_func``, where this
-    callback unfreezes the stages the module names, at one learning rate.
+    Why not Lightning's ``BackboneFinetuning``: its ``freeze_before_training`` freezes with
+    ``train_bn=True`` whatever its own ``train_bn`` says, so the "frozen" backbone's BatchNorm layers keep
+    ``requires_grad`` (an optimizer over the trainable parameters trains them) and update their running
+    statistics from the first epoch; and ``BaseFinetuning.freeze(train_bn=False)`` only sets
+    ``track_running_stats=False`` on a layer left in train mode, so it normalises with batch statistics in
+    training and with the stored ones in validation. It also unfreezes the whole backbone and doubles the
+    group's learning rate every epoch (its default ``lambda_func``). Here freezing and the BatchNorm policy
+    belong to the module (``bn_policy``), and this callback only adds the stages the module names, at one
+    learning rate.
 
     A group created after fit started needs two things Lightning does not do for it:
     - on resume, the group must exist again before the optimizer's saved state (which has it) is loaded:
