@@ -54,7 +54,8 @@ class TransferLearner(pl.LightningModule):
             ``DEFAULT``; downloaded when online, read from the torch hub cache offline), the path of a weight
             file (the ``backbone.pt`` that ``pretrain`` writes, a checkpoint of this system, a torchvision
             ResNet ``state_dict``), or null for random weights. Read when ``fit`` starts; a checkpoint brings
-            its own weights, so ``load_from_checkpoint`` and resuming never need this file or the network.
+            its own weights, so ``load_from_checkpoint`` never needs this file or the network (a resumed
+            ``fit`` checks that it exists: pass null there if it is gone).
         unfreeze_at_epoch: null keeps the backbone frozen throughout; 0 trains the unfrozen stages from the
             start (how ``pretrain`` and the from-scratch baseline run); N > 0 keeps it frozen for epochs
             0..N-1, then the stages join training in their own parameter group (staged unfreezing).
@@ -189,29 +190,38 @@ class TransferLearner(pl.LightningModule):
             ) from error
         return read_backbone_state(file)
 
-    def prepare_data(self) -> None:
-        """Download named torchvision weights once per machine (not per process) before ``fit`` reads them."""
+    def _weights_source(self) -> WeightsEnum | Path:
+        """What ``weights`` names, checked: torchvision weights of ``arch``, or a file that exists."""
         weights = self.hparams.weights
-        if self.trainer.state.fn == TrainerFn.FITTING and not self.weights_loaded and is_weight_name(weights):
-            self._torchvision_state(torchvision_weights(self.hparams.arch, weights))
+        if is_weight_name(weights):
+            return torchvision_weights(self.hparams.arch, weights)
+        if not Path(weights).is_file():
+            raise FileNotFoundError(
+                f"There is no weight file at {weights}: run `python -m systems.transfer.pretrain` first "
+                f"(it writes {PRETRAINED_BACKBONE}), or pass --model.weights=PATH or a torchvision "
+                "weight name such as IMAGENET1K_V1."
+            )
+        return Path(weights)
+
+    def prepare_data(self) -> None:
+        """Before ``fit`` writes anything: stop at a missing weight file, and download named torchvision
+        weights once per machine (not once per process)."""
+        if self.trainer.state.fn != TrainerFn.FITTING or self.weights_loaded:
+            return
+        source = self._weights_source()
+        if isinstance(source, WeightsEnum):
+            self._torchvision_state(source)
 
     def load_pretrained(self) -> None:
         """Copy the starting weights that ``weights`` names into the backbone (``fit`` does as it starts)."""
-        weights, arch = self.hparams.weights, self.hparams.arch
-        if weights is None:
+        if self.hparams.weights is None:
             return
-        if is_weight_name(weights):
-            named = torchvision_weights(arch, weights)
-            state, source = self._torchvision_state(named), f"torchvision's {named}"
+        source = self._weights_source()
+        if isinstance(source, WeightsEnum):
+            state, name = self._torchvision_state(source), f"torchvision's {source}"
         else:
-            if not Path(weights).is_file():
-                raise FileNotFoundError(
-                    f"There is no weight file at {weights}: run `python -m systems.transfer.pretrain` first "
-                    f"(it writes {PRETRAINED_BACKBONE}), or pass --model.weights=PATH or a torchvision "
-                    "weight name such as IMAGENET1K_V1."
-                )
-            state, source = read_backbone_state(weights), weights
-        load_backbone_state(self.backbone, state, source, arch)
+            state, name = read_backbone_state(source), str(source)
+        load_backbone_state(self.backbone, state, name, self.hparams.arch)
         self.weights_loaded = True
 
     def on_fit_start(self) -> None:

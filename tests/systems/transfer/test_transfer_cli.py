@@ -66,6 +66,7 @@ def test_train_without_a_pretrained_backbone_says_run_pretrain_first() -> None:
         FileNotFoundError, match=r"run `python -m systems.transfer.pretrain` first .*IMAGENET1K_V1"
     ):
         train(["fit", *QUIET, *SMALL, "--trainer.max_epochs=1"])
+    assert not list(Path().glob("lightning_logs/transfer/version_*"))  # stopped before writing a run folder
 
 
 def test_pretrain_exports_its_best_backbone_and_train_transfers_it_frozen() -> None:

@@ -19,6 +19,8 @@ import systems.transfer.module as transfer_module
 from datamodules import DigitsDataModule
 from systems.transfer import TransferLearner
 from systems.transfer.model import build_backbone, cached_file, read_backbone_state
+from systems.transfer.train import main as train
+from tests.helpers import QUIET
 
 SIZE = 16
 
@@ -65,6 +67,14 @@ def test_torchvision_name_offline_fails_fast_with_the_fix(offline: Path) -> None
     assert "could not be downloaded (no network?" in message
     assert str(offline / "resnet18-f37072fd.pth") in message and "--model.weights=PATH" in message
     assert message.count(". ") == 0  # one sentence
+
+
+def test_torchvision_name_offline_stops_the_cli_within_seconds(offline: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="could not be downloaded"):
+        train(["fit", *QUIET, "--model.weights=IMAGENET1K_V1", "--trainer.max_epochs=1"])
+    assert time.monotonic() - start < 20  # building the CLI included; the network part fails at once
+    assert not Path("lightning_logs").exists()
 
 
 @pytest.fixture
