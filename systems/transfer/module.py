@@ -151,10 +151,11 @@ class TransferLearner(pl.LightningModule):
     def set_backbone_mode(self) -> None:
         """Frozen stages in eval mode, trainable ones in train mode, BatchNorm layers as ``bn_policy`` says.
 
-        Called at the start of every training epoch: whatever switched the whole module to train mode
-        since (``model.train()``, an overridden ``on_validation_model_train``, ``to_onnx``...) would
-        otherwise let the frozen BatchNorm layers drift to the target data's statistics. (Lightning's
-        validation loop itself restores each submodule's own mode afterwards.)
+        Called at the start of every training epoch. Lightning 2.x keeps each submodule's mode when fit
+        starts and restores it after validation, but whatever switches the whole module to train mode in
+        between (``model.train()``, an overridden ``on_validation_model_train``, ``to_onnx`` and
+        ``to_torchscript``, which end with ``self.train(mode)``) would otherwise let the frozen BatchNorm
+        layers drift to the target data's statistics.
         """
         for stage in STAGES:
             modules = [getattr(self.backbone, name) for name in stage]
@@ -166,6 +167,7 @@ class TransferLearner(pl.LightningModule):
                 module.train(self.hparams.bn_policy == "train")
 
     def on_train_epoch_start(self) -> None:
+        # runs after the callbacks' hook: a stage that UnfreezeBackbone has just unfrozen gets train mode
         self.set_backbone_mode()
 
     def configure_callbacks(self) -> list[Callback]:
