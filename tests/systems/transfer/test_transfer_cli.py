@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from datamodules import CIFAR10DataModule
 from shared.checkpoints import read_checkpoint
 from systems.transfer import TransferLearner
 from systems.transfer.callbacks import PRETRAINED_BACKBONE
 from systems.transfer.model import build_backbone
 from systems.transfer.pretrain import main as pretrain
 from systems.transfer.train import main as train
+from tests.datamodules.test_cifar import write_cifar
 from tests.helpers import QUIET, ROOT, run_module
 
 # small runs: 16 px images, two batches of 16 per epoch
@@ -82,6 +84,27 @@ def test_pretrain_exports_its_best_backbone_and_train_transfers_it_frozen() -> N
     assert target.datamodule.classes == [5, 6, 7, 8, 9] and target.datamodule.half == "second"
     after = target.model.backbone.state_dict()
     assert all(torch.equal(after[k], exported[k]) for k in exported)
+
+
+def test_cifar10_colour_images_flow_into_the_same_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_cifar(tmp_path / "data", monkeypatch)
+    cli = train(
+        [
+            "fit",
+            *QUIET,
+            "--trainer.fast_dev_run=true",
+            "--model.weights=null",
+            "--data=datamodules.CIFAR10DataModule",
+            f"--data.init_args.data_dir={tmp_path / 'data'}",
+            "--data.init_args.classes=null",
+            "--data.init_args.val_size=6",
+            "--data.init_args.batch_size=4",
+        ]
+    )
+    assert cli.model.hparams.image_shape == (3, 32, 32) and cli.model.hparams.num_classes == 10
+    assert cli.model.hparams.mean == CIFAR10DataModule.pixel_mean
 
 
 def test_checkpoint_round_trip(pretrained: dict) -> None:
