@@ -75,6 +75,7 @@ class UnfreezeBackbone(Callback):
     ) -> None:
         if not self.params or trainer.world_size == 1 or not dist.is_available() or not dist.is_initialized():
             return
+        # average what DDP's reducer leaves alone (see above), all tensors in one all_reduce
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         flat = torch.cat([g.flatten() for g in grads])
         dist.all_reduce(flat)
