@@ -29,7 +29,7 @@ def fit(model: TransferLearner, epochs: int = 2, callbacks: list | None = None, 
         limit_train_batches=trainer.pop("limit_train_batches", 3),
         limit_val_batches=1,
         num_sanity_val_steps=0,
-        accelerator="cpu",
+        accelerator=trainer.pop("accelerator", "cpu"),
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -205,3 +205,14 @@ def test_head_width_comes_from_the_backbone(arch: str, width: int) -> None:
 def test_bad_hyperparameters_name_the_fix(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_model(**overrides)
+
+
+@pytest.mark.gpu
+def test_bf16_channels_last_on_the_gpu_keeps_the_frozen_backbone_bit_identical() -> None:
+    model = make_model(channels_last=True)
+    backbone = snapshot(model.backbone)
+    fit(model, epochs=1, accelerator="gpu", precision="bf16-mixed")
+    assert model.backbone.conv1.weight.is_cuda
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    after = model.backbone.state_dict()
+    assert all(torch.equal(value.cuda(), after[name]) for name, value in backbone.items())
