@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Sequence, Sized
+from contextlib import contextmanager
 
 import pytorch_lightning as pl
 import torch
@@ -30,6 +32,17 @@ class EpochSeededRandomSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+@contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every connect and read of a download, so that a closed network fails fast instead of hanging."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
@@ -22,6 +24,8 @@ class DigitsDataModule(ImageDataModule):
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         num_workers: DataLoader worker processes (the data is a tensor in memory: 0 is fastest).
         seed: seed of the train/val/test split and of the shuffle.
+        half: use only the ``first`` or ``second`` half of the 1,797 images (as scikit-learn orders them), so
+            that two runs, e.g. a pretraining and a transfer, never share an image; null uses them all.
     """
 
     pixel_mean = (0.3053,)
@@ -38,6 +42,7 @@ class DigitsDataModule(ImageDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
+        half: Literal["first", "second"] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -47,10 +52,13 @@ class DigitsDataModule(ImageDataModule):
             )
         if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
             raise ValueError(f"classes must be distinct digits 0-9, got {classes}.")
+        if half not in (None, "first", "second"):
+            raise ValueError(f"half must be 'first', 'second' or null, got {half!r}.")
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.classes = list(classes) if classes is not None else list(range(10))
         self.num_classes = len(self.classes)
+        self.half = half
         side = image_size or 8
         self.dims = (1, side, side)
 
@@ -60,6 +68,10 @@ class DigitsDataModule(ImageDataModule):
         digits = load_digits()
         pixels = torch.from_numpy(digits.images).unsqueeze(1) / 16.0
         labels = torch.from_numpy(digits.target)
+        if self.half is not None:
+            middle = len(labels) // 2
+            part = slice(0, middle) if self.half == "first" else slice(middle, None)
+            pixels, labels = pixels[part], labels[part]
         keep = torch.isin(labels, torch.tensor(self.classes))
         relabel = torch.full((10,), -1, dtype=torch.long)
         relabel[self.classes] = torch.arange(len(self.classes))
