@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.common import ImageDataModule, seeded_split, to_images
+from datamodules.common import ImageDataModule, seeded_split, socket_timeout, to_images
 
 _DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
 # per-channel mean and std of the 60,000 training images in [0, 1]
 _STATS = {"mnist": ((0.1307,), (0.3081,)), "fashion_mnist": ((0.2860,), (0.3530,))}
-
-
-@contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every connect and read of a download, so that a closed network fails fast instead of hanging."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 class MNISTDataModule(ImageDataModule):
@@ -100,7 +86,7 @@ class MNISTDataModule(ImageDataModule):
         if not self.download:
             raise self._missing_error("download is off (data.download=false)")
         try:
-            with _socket_timeout(self.download_timeout):
+            with socket_timeout(self.download_timeout):
                 for train in (True, False):
                     cls(self.data_dir, train=train, download=True)
         except (OSError, RuntimeError) as error:
