@@ -22,7 +22,7 @@ PRETRAINED_BACKBONE = "lightning_logs/transfer/pretrain/backbone.pt"
 
 
 class UnfreezeBackbone(Callback):
-    """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze()`` makes the top backbone stages
+    """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze_backbone()`` makes the top backbone stages
     trainable, and their parameters join the (first) optimizer as a new group named ``backbone`` at ``lr``.
 
     Why not Lightning's ``BackboneFinetuning``: its ``freeze_before_training`` freezes with
@@ -54,7 +54,7 @@ class UnfreezeBackbone(Callback):
         self.params: list[torch.nn.Parameter] = []
 
     def _join(self, trainer: pl.Trainer, pl_module: TransferLearner) -> None:
-        self.params = pl_module.unfreeze()
+        self.params = pl_module.unfreeze_backbone()
         if self.params:  # none when an earlier fit of the same module unfroze them already
             trainer.optimizers[0].add_param_group({"name": "backbone", "params": self.params, "lr": self.lr})
         self.joined = True

@@ -121,7 +121,7 @@ class TransferLearner(pl.LightningModule):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
         self.backbone.requires_grad_(False)
         if unfreeze_at_epoch == 0:
-            self.unfreeze()
+            self.unfreeze_backbone()
         if channels_last:
             self.to(memory_format=torch.channels_last)
         # True once the backbone holds its starting weights, from `weights` or from a checkpoint
@@ -132,7 +132,7 @@ class TransferLearner(pl.LightningModule):
 
     # ---- freezing --------------------------------------------------------------------------------------
 
-    def unfreeze(self) -> list[nn.Parameter]:
+    def unfreeze_backbone(self) -> list[nn.Parameter]:
         """Make the last ``unfreeze_stages`` stages trainable and return the parameters that were frozen.
 
         Under ``bn_policy=frozen`` their BatchNorm layers stay frozen (weights and statistics).
