@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             windows = Windows(device, args.warmup, args.window, args.repeats)
             data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=True)
             result = run_trainer(workload, sizes[name], precision, device, windows, data)
-            result.pop("losses")
+            del result["losses"], result["weights"]
             items = workload.items(sizes[name])
             rows.append({**row, "status": "ok", **result, "items_per_s": items / result["median_step_s"]})
             print(

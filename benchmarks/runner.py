@@ -90,9 +90,18 @@ def fresh_start(
     return module
 
 
-def finish(windows: Windows, device: torch.device, losses: list) -> dict[str, Any]:
+def finish(
+    windows: Windows, device: torch.device, module: pl.LightningModule, losses: list
+) -> dict[str, Any]:
+    """Timing, peak memory, the losses the steps returned (if they return them) and the final weights."""
     memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {**windows.summary(), "peak_memory_mib": memory, "losses": losses_as_floats(losses)}
+    weights = {name: value.detach().float().cpu() for name, value in module.state_dict().items()}
+    return {
+        **windows.summary(),
+        "peak_memory_mib": memory,
+        "losses": losses_as_floats(losses),
+        "weights": weights,
+    }
 
 
 def run_trainer(
@@ -121,7 +130,7 @@ def run_trainer(
         callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
     )
     trainer.fit(module, train_dataloaders=data)
-    return finish(windows, device, timer.losses)
+    return finish(windows, device, module, timer.losses)
 
 
 def run_plain(
@@ -134,7 +143,8 @@ def run_plain(
 ) -> dict[str, Any]:
     """The same step in the workload's plain PyTorch loop, from the same initial weights."""
     module = fresh_start(workload, sizes, precision, device)
-    return finish(windows, device, workload.plain_loop(module, data, device, precision, windows))
+    losses = workload.plain_loop(module, data, device, precision, windows)
+    return finish(windows, device, module, losses)
 
 
 def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> None:

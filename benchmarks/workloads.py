@@ -92,6 +92,14 @@ class GradScaling:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
+    def clip(
+        self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor], max_norm: float
+    ) -> None:
+        """Clip the true gradients: unscale them first, as Lightning's ``clip_gradients`` does."""
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler:
             self.scaler.step(optimizer)
@@ -183,4 +191,166 @@ CLASSIFIER = Workload(
     plain_loop=_classifier_plain,
 )
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (CLASSIFIER,)}
+# ------------------------------------------------------------------------------------------------- seq2seq
+
+
+def _seq2seq(sizes: dict[str, int]) -> pl.LightningModule:
+    from systems.seq2seq import Seq2Seq
+
+    return Seq2Seq(
+        vocab_size=10,
+        embedding_dim=sizes["hidden"] // 2,
+        hidden_size=sizes["hidden"],
+        num_layers=sizes["layers"],
+        truncated_bptt_steps=sizes["chunk"],
+        num_examples=0,
+    )
+
+
+def _seq2seq_batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
+    shape = (sizes["batch"], sizes["length"])
+    lengths = torch.full((sizes["batch"],), sizes["length"])
+    return [
+        [
+            torch.randint(0, 10, shape, generator=generator),
+            torch.randint(0, 10, shape, generator=generator),
+            lengths,
+        ]
+        for _ in range(4)
+    ]
+
+
+def _seq2seq_plain(
+    module: pl.LightningModule,
+    batches: Iterable,
+    device: torch.device,
+    precision: Precision,
+    windows: Windows,
+) -> list[torch.Tensor]:
+    """``Seq2Seq.training_step`` without the Trainer: one optimizer step per time chunk, state detached."""
+    from datamodules.sequences import padding_mask
+    from systems.seq2seq.module import time_chunks
+
+    module = module.to(device).train()
+    hparams = module.hparams
+    optimizer = torch.optim.AdamW(module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
+    scaling = GradScaling(precision, device)
+    losses = []
+    for batch in batches:
+        inputs, targets, lengths = to_device(batch, device)
+        mask = padding_mask(lengths, inputs.shape[1])
+        state, loss_sum, predictions = None, torch.zeros((), device=device), []
+        for chunk in time_chunks(inputs.shape[1], hparams.truncated_bptt_steps):
+            with precision.autocast(device):
+                loss, logits, state = module.chunk_loss(
+                    inputs[:, chunk], targets[:, chunk], mask[:, chunk], state
+                )
+            optimizer.zero_grad()
+            scaling.backward(loss)
+            scaling.clip(optimizer, module.parameters(), hparams.gradient_clip_val)
+            scaling.step(optimizer)
+            state = module.carry(state)
+            loss_sum += loss.detach() * mask[:, chunk].sum()
+            predictions.append(logits.detach().argmax(dim=-1))
+        module.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
+        losses.append(loss_sum / mask.sum())
+        windows.tick()
+    return losses
+
+
+SEQ2SEQ = Workload(
+    name="seq2seq",
+    unit="tokens",
+    convolutional=False,
+    presets={
+        "gpu": {"batch": 64, "length": 512, "chunk": 64, "hidden": 512, "layers": 2},
+        "tiny": {"batch": 4, "length": 24, "chunk": 8, "hidden": 16, "layers": 1},
+    },
+    build=_seq2seq,
+    batches=_seq2seq_batches,
+    items=lambda sizes: sizes["batch"] * sizes["length"],
+    plain_loop=_seq2seq_plain,
+)
+
+
+# ------------------------------------------------------------------------------------------------ transfer
+
+
+def _transfer(frozen: bool) -> Callable[[dict[str, int]], pl.LightningModule]:
+    def build(sizes: dict[str, int]) -> pl.LightningModule:
+        from systems.transfer import TransferLearner
+
+        arch = {18: "resnet18", 34: "resnet34", 50: "resnet50"}[sizes["depth"]]
+        side = sizes["image"]
+        return TransferLearner(
+            num_classes=10,
+            image_shape=(3, side, side),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+            arch=arch,
+            weights=None,  # random weights time the same as pretrained ones, and need no file
+            unfreeze_at_epoch=None if frozen else 0,
+            unfreeze_stages=5,
+            bn_policy="frozen" if frozen else "train",
+        )
+
+    return build
+
+
+def _transfer_batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
+    shape = (sizes["batch"], 3, sizes["image"], sizes["image"])
+    return [
+        [torch.rand(shape, generator=generator), torch.randint(0, 10, (sizes["batch"],), generator=generator)]
+        for _ in range(2)
+    ]
+
+
+def _transfer_plain(
+    module: pl.LightningModule,
+    batches: Iterable,
+    device: torch.device,
+    precision: Precision,
+    windows: Windows,
+) -> list[torch.Tensor]:
+    """``TransferLearner.training_step`` without the Trainer (its forward skips a frozen backbone's graph)."""
+    module = module.to(device).train()
+    if precision.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    module.set_backbone_mode()
+    optimizer = module.configure_optimizers()
+    scaling = GradScaling(precision, device)
+    losses = []
+    for batch in batches:
+        x, y = to_device(batch, device, precision.channels_last)
+        with precision.autocast(device):
+            logits = module(x)
+            loss = F.cross_entropy(logits, y)
+        module.train_acc(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        scaling.backward(loss)
+        scaling.step(optimizer)
+        losses.append(loss.detach())
+        windows.tick()
+    return losses
+
+
+def _transfer_workload(frozen: bool) -> Workload:
+    return Workload(
+        name="transfer-frozen" if frozen else "transfer-full",
+        unit="images",
+        convolutional=True,
+        presets={
+            "gpu": {"batch": 128, "image": 224, "depth": 50},
+            "tiny": {"batch": 4, "image": 32, "depth": 18},
+        },
+        build=_transfer(frozen),
+        batches=_transfer_batches,
+        items=lambda sizes: sizes["batch"],
+        plain_loop=_transfer_plain,
+    )
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (CLASSIFIER, SEQ2SEQ, _transfer_workload(frozen=True), _transfer_workload(frozen=False))
+}
