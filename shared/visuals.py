@@ -40,16 +40,19 @@ def log_image_grid(
     hand it to TensorBoard if present (so a CSV logger alone still leaves the picture).
 
     ``value_range`` maps to black..white; ``scale`` enlarges each pixel (nearest) so small images show.
-    Only global rank 0 writes; returns the PNG path, or None where nothing is written (as ``log_figure``).
+    Call it on every process: under DDP ``trainer.log_dir`` is a broadcast that all of them must join (a
+    call from rank 0 alone waits forever). Only global rank 0 writes; returns the PNG path, or None where
+    nothing is written (other ranks, sanity checking, or ``fast_dev_run``, whose logger has no folder).
     """
-    if not trainer.is_global_zero or trainer.log_dir is None or trainer.sanity_checking:
+    folder = trainer.log_dir
+    if not trainer.is_global_zero or folder is None or trainer.sanity_checking:
         return None
     low, high = value_range
     pixels = ((images.detach().float().cpu() - low) / (high - low)).clamp(0.0, 1.0)
     if scale > 1:
         pixels = pixels.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
     grid = make_grid(pixels, nrow=nrow, padding=scale, pad_value=1.0)
-    path = Path(trainer.log_dir) / tag.replace("/", "_") / f"epoch={trainer.current_epoch:03d}.png"
+    path = Path(folder) / tag.replace("/", "_") / f"epoch={trainer.current_epoch:03d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, path)
     for logger in trainer.loggers:

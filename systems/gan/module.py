@@ -164,28 +164,20 @@ class GAN(pl.LightningModule):
         with torch.no_grad():
             fake = self.generator(self._latents(real.shape[0]))
         real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
+        n = real.shape[0]
         if self.hparams.loss == "wgan-gp":
             penalty = self.gradient_penalty(real, fake)
             loss = fake_scores.mean() - real_scores.mean() + self.hparams.gp_weight * penalty
-            self.log("train/gp", penalty, on_step=False, on_epoch=True, batch_size=real.shape[0])
-            distance = (real_scores.mean() - fake_scores.mean()).detach()
-            self.log("train/wasserstein", distance, on_step=False, on_epoch=True, batch_size=real.shape[0])
+            self._log_epoch_mean("train/gp", penalty, n)
+            self._log_epoch_mean("train/wasserstein", real_scores.mean() - fake_scores.mean(), n)
         else:
-            loss = F.binary_cross_entropy_with_logits(
-                real_scores, torch.ones_like(real_scores)
-            ) + F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores))
+            real_loss = F.binary_cross_entropy_with_logits(real_scores, torch.ones_like(real_scores))
+            loss = real_loss + F.binary_cross_entropy_with_logits(fake_scores, torch.zeros_like(fake_scores))
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
-        self.log(
-            "train/d_loss",
-            loss.detach(),
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=real.shape[0],
-        )
+        self._log_epoch_mean("train/d_loss", loss, n, prog_bar=True)
 
     def _generator_step(self, batch_size: int, optimizer: Any) -> None:
         # the critic's parameters are switched off: gradients flow through its layers to the images and on
@@ -200,8 +192,20 @@ class GAN(pl.LightningModule):
         self.manual_backward(loss)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
+        self._log_epoch_mean("train/g_loss", loss, batch_size, prog_bar=True)
+
+    def _log_epoch_mean(
+        self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False
+    ) -> None:
+        # the mean over the epoch's batches; under DDP also over the processes, once at the epoch's end
         self.log(
-            "train/g_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size
+            name,
+            value.detach(),
+            on_step=False,
+            on_epoch=True,
+            prog_bar=prog_bar,
+            batch_size=batch_size,
+            sync_dist=True,
         )
 
     def _latents(self, n: int) -> torch.Tensor:
@@ -237,11 +241,13 @@ class GAN(pl.LightningModule):
             self.draw_grid()
 
     def draw_grid(self) -> None:
-        """The generator's images for the fixed latents: a PNG in the version folder, a TensorBoard image."""
-        if self.trainer.is_global_zero:
-            images = self.render(self.fixed_latents)
-            nrow = max(1, int(len(images) ** 0.5))
-            log_image_grid(self.trainer, "samples", images, nrow=nrow, scale=self.hparams.grid_scale)
+        """The generator's images for the fixed latents: a PNG in the version folder, a TensorBoard image.
+
+        Every process calls it (finding the version folder is a collective under DDP); rank 0 writes.
+        """
+        images = self.render(self.fixed_latents)
+        nrow = max(1, int(len(images) ** 0.5))
+        log_image_grid(self.trainer, "samples", images, nrow=nrow, scale=self.hparams.grid_scale)
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[LinearLR]]:
         betas = tuple(self.hparams.betas)
@@ -290,7 +296,8 @@ class GAN(pl.LightningModule):
         fake_features = self.judge.features(fake).float()
         scores = {"fd": frechet_distance(fake_features, real)}
         scores.update(verdict(self.judge.head(fake_features).softmax(1)))
-        self.log_dict({f"val/{name}": value.float() for name, value in scores.items()}, prog_bar=False)
+        # every process computed the same scores from the gathered features: syncing only averages equals
+        self.log_dict({f"val/{name}": value.float() for name, value in scores.items()}, sync_dist=True)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One generated image per item of the batch: ``predict`` writes as many samples as the set holds."""

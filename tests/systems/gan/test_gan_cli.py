@@ -105,11 +105,12 @@ def test_the_score_tells_real_digits_from_noise() -> None:
 
 @pytest.mark.slow
 def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    """Each backward uses one network's parameters only: DDP must be told that the others go unused."""
     result = run_module(
         "systems.gan.train",
         "fit",
         *QUIET,
-        "--trainer.strategy=ddp",
+        "--trainer.strategy=ddp_find_unused_parameters_true",
         "--trainer.devices=2",
         "--trainer.accelerator=cpu",
         "--trainer.max_epochs=2",
