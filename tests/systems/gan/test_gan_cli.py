@@ -140,6 +140,7 @@ def test_the_default_run_learns_digits(tmp_path: Path) -> None:
         trained = [row for row in csv.DictReader(file) if row.get("val/fd")][-1]
     untrained = main(["validate", *QUIET], run=True)
     before = untrained.trainer.callback_metrics
-    assert float(trained["val/fd"]) < 0.2 * before["val/fd"].item()
-    assert float(trained["val/judge_score"]) > before["val/judge_score"].item() + 3
-    assert float(trained["val/judge_classes"]) >= 9
+    # measured: FD 1123 -> 19.5, judge score 1.04 -> 7.15, classes 6 -> 9 (the README's table)
+    assert float(trained["val/fd"]) < 0.05 * before["val/fd"].item()
+    assert float(trained["val/judge_score"]) > before["val/judge_score"].item() + 4
+    assert float(trained["val/judge_classes"]) >= 8
