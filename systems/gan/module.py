@@ -38,7 +38,7 @@ class GAN(pl.LightningModule):
         gp_weight: weight of the gradient penalty (``wgan-gp`` only; the paper's lambda = 10).
         lr_generator: Adam learning rate of the generator.
         lr_discriminator: Adam learning rate of the critic.
-        betas: Adam betas of both (WGAN-GP: (0, 0.9); DCGAN: (0.5, 0.999)).
+        betas: Adam betas of both (the WGAN-GP paper used (0, 0.9), DCGAN (0.5, 0.999)).
         lr_decay_to: both learning rates fall linearly to this fraction by the last epoch (1 keeps them);
             each scheduler is stepped by hand once at the end of every training epoch.
         grid_size: number of fixed latent vectors drawn into the image grid.
