@@ -94,7 +94,11 @@ def test_16_mixed_on_gpu_keeps_the_penalty_finite(fit_recorded) -> None:
         "--trainer.limit_train_batches=12",
         "--trainer.max_epochs=1",
     )
-    assert recorder.trace == "DDDDDGDDDDDG"
+    # the GradScaler may skip the first steps while it finds its scale (weights unchanged: "-"), but never
+    # hands a batch to the wrong network, and the step counts all the same
+    assert all(done in (planned, "-") for done, planned in zip(recorder.trace, "DDDDDGDDDDDG", strict=True))
+    assert trainer.global_step == 12
+    assert recorder.violations == []
     assert math.isfinite(trainer.callback_metrics["train/gp"].item())
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
