@@ -1,7 +1,12 @@
 """LightningDataModules shared by the systems; each exposes the facts a model needs as attributes."""
 
 from datamodules.cifar import CIFAR10DataModule
-from datamodules.common import EpochSeededRandomSampler, ImageDataModule
+from datamodules.common import (
+    EpochSeededRandomSampler,
+    EpochSequentialSampler,
+    ImageDataModule,
+    ResumableDataLoader,
+)
 from datamodules.digits import DigitsDataModule
 from datamodules.mnist import MNISTDataModule
 from datamodules.sequences import SequenceDataModule
@@ -10,7 +15,9 @@ __all__ = [
     "CIFAR10DataModule",
     "DigitsDataModule",
     "EpochSeededRandomSampler",
+    "EpochSequentialSampler",
     "ImageDataModule",
     "MNISTDataModule",
+    "ResumableDataLoader",
     "SequenceDataModule",
 ]

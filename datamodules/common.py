@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator, Sequence, Sized
 from contextlib import contextmanager
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, random_split
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, random_split
 
 
 class EpochSeededRandomSampler(RandomSampler):
@@ -43,6 +45,54 @@ def socket_timeout(seconds: float) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+class EpochSequentialSampler(SequentialSampler):
+    """Indices in order, with the epoch the Trainer set: ``ResumableDataLoader`` tells epochs apart by it."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that a checkpoint written in the middle of an epoch resumes exactly.
+
+    Resuming from such a checkpoint (``on_exception.ckpt``, ``every_n_train_steps``), Lightning 2.x counts
+    the epoch on from the saved batch but a plain loader starts the epoch over: the resumed epoch sees its
+    first batches a second time and never its last ones. Lightning keeps ``state_dict()`` of a training
+    loader that has one in the checkpoint and hands it back on resume: this one records the epoch its
+    sampler was set to and how many batches of it went out, and the first iterator of that same epoch
+    after ``load_state_dict`` skips them. The skipped batches are still loaded (cheap for data in memory).
+    Its sampler needs an ``epoch`` (``EpochSeededRandomSampler``, ``EpochSequentialSampler`` or the
+    ``DistributedSampler`` that DDP puts in): without one, a finished epoch looks like an unfinished one
+    and nothing is skipped.
+    """
+
+    _epoch: int | None = None
+    _served = 0
+    _resume_at: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_at = dict(state_dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._serve(super().__iter__())
+
+    def _serve(self, batches: Iterator[Any]) -> Iterator[Any]:
+        # runs at the first batch, after the Trainer has set the sampler's epoch (it asks for iter() first)
+        epoch = getattr(self.sampler, "epoch", None)
+        resume, self._resume_at = self._resume_at, None
+        same_epoch = resume is not None and epoch is not None and resume["epoch"] == epoch
+        skip = resume["batches"] if same_epoch else 0
+        self._epoch, self._served = epoch, skip
+        for batch in itertools.islice(batches, skip, None):
+            self._served += 1
+            yield batch
 
 
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
@@ -119,14 +169,21 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError(
                 f"{type(self).__name__}.setup() has not built this split yet: call setup(stage) first."
             )
-        sampler = EpochSeededRandomSampler(dataset, self.seed) if train and self.shuffle else None
-        return DataLoader(
+        sampler = None
+        if train:
+            ordered = EpochSequentialSampler(dataset)
+            sampler = EpochSeededRandomSampler(dataset, self.seed) if self.shuffle else ordered
+        # only the training loader's place is kept in checkpoints (the loops restart evaluation anyway)
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            # a loader without a generator draws its workers' base seed from the global random state at
+            # every iter(): a run resumed mid-epoch would draw once more than the uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -96,7 +96,11 @@ class LastCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self) -> None:
-        super().__init__(filename="last", save_top_k=1, enable_version_counter=False)
+        # at every training epoch's end even with check_val_every_n_epoch > 1, where ModelCheckpoint's
+        # default would wait for the next validation
+        super().__init__(
+            filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+        )
 
 
 class CrashCheckpoint(Callback):

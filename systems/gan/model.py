@@ -1,0 +1,82 @@
+"""Plain torch: a DCGAN-style generator and critic, both sized from the image shape."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def upsampling_plan(side: int) -> tuple[int, int]:
+    """``(start_side, doublings)``: halve ``side`` while it stays an integer of at least 4.
+
+    8 px starts at 4 and doubles once; 28 px starts at 7 and doubles twice; 32 px starts at 4 and doubles
+    three times. Each doubling is one stride-2 layer in the generator and one in the critic.
+    """
+    if side < 4:
+        raise ValueError(f"images must be at least 4 px wide, got {side} px: use a larger data.image_size.")
+    start, doublings = side, 0
+    while start % 2 == 0 and start // 2 >= 4:
+        start, doublings = start // 2, doublings + 1
+    return start, doublings
+
+
+class Generator(nn.Module):
+    """Latent vector -> image in [-1, 1]: a linear layer to ``start x start`` maps, then one
+    ``ConvTranspose2d(4, stride 2)`` with BatchNorm and ReLU per doubling, halving the channels each time
+    (DCGAN), and a 3x3 convolution to the image channels with ``tanh``.
+    """
+
+    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64) -> None:
+        super().__init__()
+        channels, height, side = image_shape
+        if height != side:
+            raise ValueError(f"images must be square, got {height}x{side}: set data.image_size.")
+        self.start, doublings = upsampling_plan(side)
+        self.start_channels = width * 2**doublings
+        self.project = nn.Sequential(
+            nn.Linear(latent_dim, self.start_channels * self.start**2, bias=False),
+            nn.BatchNorm1d(self.start_channels * self.start**2),
+            nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        in_channels = self.start_channels
+        for _ in range(doublings):
+            layers += [
+                nn.ConvTranspose2d(in_channels, in_channels // 2, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(in_channels // 2),
+                nn.ReLU(inplace=True),
+            ]
+            in_channels //= 2
+        layers += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        maps = self.project(z).view(-1, self.start_channels, self.start, self.start)
+        return self.body(maps)
+
+
+class Discriminator(nn.Module):
+    """Image -> one unbounded score (a WGAN critic, or the logit of "real" for the BCE loss).
+
+    The mirror of the generator: a 3x3 convolution, one ``Conv2d(4, stride 2)`` per doubling that doubles
+    the channels, then a linear layer. No BatchNorm: the gradient penalty is defined per sample, and
+    batch statistics would mix the samples of a batch (the WGAN-GP paper drops it for that reason).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], width: int = 64) -> None:
+        super().__init__()
+        channels, _, side = image_shape
+        start, doublings = upsampling_plan(side)
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        in_channels = width
+        for _ in range(doublings):
+            layers += [
+                nn.Conv2d(in_channels, in_channels * 2, 4, stride=2, padding=1),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            in_channels *= 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.score = nn.Linear(in_channels * start**2, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(images)).squeeze(1)

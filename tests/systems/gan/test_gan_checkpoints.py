@@ -1,0 +1,102 @@
+"""Checkpoints: the round trip, resume at an epoch end, and resume in the middle of a critic cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from systems.gan import GAN
+from systems.gan.train import main
+
+
+def _weights(model: GAN) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: GAN, b: GAN) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_round_trip_maps_the_fixed_latents_to_the_same_images_and_an_override_takes_effect(fast) -> None:
+    cli = main(["fit", *fast, "--trainer.max_epochs=1", "--trainer.limit_train_batches=6"])
+    path = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    expected = cli.model.render(cli.model.fixed_latents)
+
+    loaded = GAN.load_from_checkpoint(path)
+    assert torch.equal(loaded.fixed_latents, cli.model.fixed_latents)
+    assert torch.equal(loaded.render(loaded.fixed_latents), expected)
+
+    overridden = GAN.load_from_checkpoint(path, n_critic=2)
+    assert overridden.hparams.n_critic == 2
+    assert [overridden.is_critic_batch(i) for i in range(4)] == [True, True, False, True]
+
+
+def test_predict_writes_samples_from_a_checkpoint(fast) -> None:
+    cli = main(["fit", *fast, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
+    path = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    predicted = main(["predict", *fast, f"--ckpt_path={path}"])
+    written = torch.load(Path(predicted.trainer.log_dir) / "predictions.pt", weights_only=True)["predictions"]
+    assert written.shape == (len(predicted.datamodule.test_set), 1, 8, 8)
+    assert written.min() >= -1 and written.max() <= 1
+
+
+def test_resume_from_last_ckpt_gives_the_uninterrupted_weights(fit_recorded) -> None:
+    # 7 batches per epoch with n_critic=2: an epoch ends inside a cycle; the decay makes the schedulers count
+    flags = [
+        "--model.n_critic=2",
+        "--trainer.limit_train_batches=7",
+        "--model.lr_decay_to=0.5",
+        "--trainer.max_epochs=3",
+    ]
+    whole, _, whole_steps = fit_recorded(*flags)
+
+    _, stopped_trainer, _ = fit_recorded(*flags, "--trainer.max_steps=14")
+    last = Path(stopped_trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    resumed, trainer, resumed_steps = fit_recorded(*flags, ckpt_path=str(last))
+
+    assert resumed_steps.trace == whole_steps.trace[14:] == "DDGDDGD"
+    assert trainer.global_step == 21
+    _assert_same_weights(resumed, whole)
+    assert [s.last_epoch for s in resumed.lr_schedulers()] == [3, 3]
+
+
+def test_resume_in_the_middle_of_a_critic_cycle_continues_it(fit_recorded) -> None:
+    """Stopped after 3 of 5 critic batches (a checkpoint written mid-epoch), the resumed run steps the
+    critic twice more, then the generator, sees the batches the whole run saw, and ends with its weights."""
+    flags = ["--model.n_critic=5", "--trainer.limit_train_batches=8", "--trainer.max_epochs=2"]
+    whole, _, whole_steps = fit_recorded(*flags)
+    assert whole_steps.trace == "DDDDDGDD" * 2
+
+    every_3 = [
+        "--checkpoint.monitor=null",
+        "--checkpoint.every_n_train_steps=3",
+        "--checkpoint.filename=step={step}",
+    ]
+    _, stopped_trainer, stopped_steps = fit_recorded(*flags, *every_3, "--trainer.max_steps=3")
+    assert stopped_steps.trace == "DDD"
+    mid_cycle = Path(stopped_trainer.log_dir) / "checkpoints" / "step=3.ckpt"
+    resumed, trainer, resumed_steps = fit_recorded(*flags, ckpt_path=str(mid_cycle))
+
+    assert resumed_steps.trace == "DDGDD" + "DDDDDGDD"
+    assert trainer.global_step == 16
+    _assert_same_weights(resumed, whole)
+
+
+def test_resume_warns_nothing_about_an_unresumable_loader(
+    fit_recorded, recwarn: pytest.WarningsRecorder
+) -> None:
+    flags = ["--trainer.limit_train_batches=4", "--trainer.max_epochs=1"]
+    every_2 = [
+        "--checkpoint.monitor=null",
+        "--checkpoint.every_n_train_steps=2",
+        "--checkpoint.filename=step={step}",
+    ]
+    _, stopped_trainer, _ = fit_recorded(*flags, *every_2, "--trainer.max_steps=2")
+    fit_recorded(*flags, ckpt_path=str(Path(stopped_trainer.log_dir) / "checkpoints" / "step=2.ckpt"))
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
