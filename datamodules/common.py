@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from typing import Any
 
@@ -110,6 +110,36 @@ def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[f
     return images * (high - low) + low
 
 
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    train: bool,
+    shuffle: bool = True,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> DataLoader:
+    """The one way the datamodules build a loader: a training loader that resumes mid-epoch exactly and
+    shuffles by ``seed + epoch`` (or keeps order, with the epoch still known); evaluation loaders in order.
+    """
+    sampler = None
+    if train:
+        sampler = EpochSeededRandomSampler(dataset, seed) if shuffle else EpochSequentialSampler(dataset)
+    # only the training loader's place is kept in checkpoints (the loops restart evaluation anyway)
+    return (ResumableDataLoader if train else DataLoader)(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+        # a loader without a generator draws its workers' base seed from the global random state at
+        # every iter(): a run resumed mid-epoch would draw once more than the uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Loaders and facts for a labelled image data set split into train, val and test.
 
@@ -169,22 +199,7 @@ class ImageDataModule(pl.LightningDataModule):
             raise RuntimeError(
                 f"{type(self).__name__}.setup() has not built this split yet: call setup(stage) first."
             )
-        sampler = None
-        if train:
-            ordered = EpochSequentialSampler(dataset)
-            sampler = EpochSeededRandomSampler(dataset, self.seed) if self.shuffle else ordered
-        # only the training loader's place is kept in checkpoints (the loops restart evaluation anyway)
-        return (ResumableDataLoader if train else DataLoader)(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            # a loader without a generator draws its workers' base seed from the global random state at
-            # every iter(): a run resumed mid-epoch would draw once more than the uninterrupted one
-            generator=torch.Generator().manual_seed(self.seed),
-        )
+        return make_loader(dataset, self.batch_size, self.num_workers, self.seed, train, self.shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

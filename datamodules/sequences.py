@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datamodules.common import EpochSeededRandomSampler
+from datamodules.common import make_loader
 
 TASKS = ("running_sum", "delayed_copy")
 _SPLITS = ("train", "val", "test")
@@ -145,18 +145,15 @@ class SequenceDataModule(pl.LightningDataModule):
             raise RuntimeError(
                 f"{type(self).__name__}.setup() has not built the {split} split yet: call setup first."
             )
-        dataset = self.datasets[split]
         train = split == "train"
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededRandomSampler(dataset, self.seed) if train and self.shuffle else None,
-            collate_fn=collate_sequences,
-            # each pass over a DataLoader draws a seed for its workers; from here, not from the global state
-            generator=torch.Generator().manual_seed(self.seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        return make_loader(
+            self.datasets[split],
+            self.batch_size,
+            self.num_workers,
+            self.seed,
+            train,
+            self.shuffle,
+            collate_sequences,
         )
 
     def train_dataloader(self) -> DataLoader:
