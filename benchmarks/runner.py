@@ -151,7 +151,7 @@ def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> 
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--precisions", nargs="+", default=precisions, choices=list(PRECISIONS))
     parser.add_argument(
-        "--preset", default=None, choices=["gpu", "tiny"], help="default: gpu on CUDA, else tiny"
+        "--preset", default=None, choices=["gpu", "cpu", "tiny"], help="default: gpu on CUDA, else cpu"
     )
     parser.add_argument(
         "--size",
@@ -168,7 +168,7 @@ def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> 
 
 
 def workload_sizes(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, int]]:
-    preset = args.preset or ("gpu" if device.type == "cuda" else "tiny")
+    preset = args.preset or ("gpu" if device.type == "cuda" else "cpu")
     sizes = {name: dict(WORKLOADS[name].presets[preset]) for name in args.workloads}
     for item in args.size:
         match = re.fullmatch(r"(\w+)\.(\w+)=(\d+)", item)

@@ -1,8 +1,9 @@
 """What the benchmarks time: each system's real LightningModule, synthetic batches of a chosen size, and
 the same training step written as a plain PyTorch loop (for the parity benchmark).
 
-A workload's sizes come in presets (``gpu``: sized to fill an H100 as in PERFORMANCE.md; ``tiny``: a CPU
-smoke run) and can be overridden from the command line (``--size classifier.batch=512``).
+A workload's sizes come in presets (``gpu``: sized to fill an H100 as PERFORMANCE.md's figures are;
+``cpu``: the sizes each system trains with by default on a CPU; ``tiny``: a smoke run for the tests) and
+can be overridden from the command line (``--size classifier.batch=512``).
 """
 
 from __future__ import annotations
@@ -184,7 +185,11 @@ CLASSIFIER = Workload(
     name="classifier",
     unit="images",
     convolutional=True,
-    presets={"gpu": {"batch": 256, "image": 28, "width": 32}, "tiny": {"batch": 16, "image": 8, "width": 8}},
+    presets={
+        "gpu": {"batch": 256, "image": 28, "width": 32},
+        "cpu": {"batch": 64, "image": 8, "width": 32},
+        "tiny": {"batch": 16, "image": 8, "width": 8},
+    },
     build=_classifier,
     batches=_classifier_batches,
     items=lambda sizes: sizes["batch"],
@@ -264,6 +269,7 @@ SEQ2SEQ = Workload(
     convolutional=False,
     presets={
         "gpu": {"batch": 64, "length": 512, "chunk": 64, "hidden": 512, "layers": 2},
+        "cpu": {"batch": 32, "length": 200, "chunk": 32, "hidden": 64, "layers": 1},
         "tiny": {"batch": 4, "length": 24, "chunk": 8, "hidden": 16, "layers": 1},
     },
     build=_seq2seq,
@@ -341,6 +347,7 @@ def _transfer_workload(frozen: bool) -> Workload:
         convolutional=True,
         presets={
             "gpu": {"batch": 128, "image": 224, "depth": 50},
+            "cpu": {"batch": 32, "image": 32, "depth": 18},
             "tiny": {"batch": 4, "image": 32, "depth": 18},
         },
         build=_transfer(frozen),
@@ -350,7 +357,99 @@ def _transfer_workload(frozen: bool) -> Workload:
     )
 
 
+# ----------------------------------------------------------------------------------------------------- gan
+
+
+def _gan(sizes: dict[str, int]) -> pl.LightningModule:
+    from systems.gan import GAN
+
+    side = sizes["image"]
+    return GAN(
+        image_shape=(1, side, side),
+        latent_dim=sizes["latent"],
+        width=sizes["width"],
+        n_critic=sizes["critic"],
+        n_generator=1,
+        judge=False,  # validation is off in these runs; the judge would only be trained for nothing
+    )
+
+
+def _gan_batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
+    shape = (sizes["batch"], 1, sizes["image"], sizes["image"])
+    labels = torch.zeros(sizes["batch"], dtype=torch.long)
+    return [[torch.rand(shape, generator=generator) * 2 - 1, labels] for _ in range(4)]
+
+
+def _gan_plain(
+    module: pl.LightningModule,
+    batches: Iterable,
+    device: torch.device,
+    precision: Precision,
+    windows: Windows,
+) -> list[torch.Tensor]:
+    """``GAN.training_step`` without the Trainer: the 1.x cycle of critic and generator batches, the other
+    network switched off around each step (what ``toggle_optimizer`` does), the same random draws."""
+    module = module.to(device).train()
+    if precision.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    hparams = module.hparams
+    generator, critic = module.generator, module.discriminator
+    betas = tuple(hparams.betas)
+    d_optimizer = torch.optim.Adam(critic.parameters(), lr=hparams.lr_discriminator, betas=betas)
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=hparams.lr_generator, betas=betas)
+    scaling = GradScaling(precision, device)
+    losses = []
+    for batch_idx, batch in enumerate(batches):
+        real = to_device(batch[0], device, precision.channels_last)
+        n = real.shape[0]
+        if module.is_critic_batch(batch_idx):
+            generator.requires_grad_(False)
+            with precision.autocast(device):
+                with torch.no_grad():
+                    fake = generator(torch.randn(n, hparams.latent_dim, device=device))
+                real_scores, fake_scores = critic(real), critic(fake)
+                penalty = module.gradient_penalty(real, fake)
+                loss = fake_scores.mean() - real_scores.mean() + hparams.gp_weight * penalty
+            d_optimizer.zero_grad()
+            scaling.backward(loss)
+            scaling.step(d_optimizer)
+            generator.requires_grad_(True)
+        else:
+            critic.requires_grad_(False)
+            with precision.autocast(device):
+                loss = -critic(generator(torch.randn(n, hparams.latent_dim, device=device))).mean()
+            g_optimizer.zero_grad()
+            scaling.backward(loss)
+            scaling.step(g_optimizer)
+            critic.requires_grad_(True)
+        losses.append(loss.detach())
+        windows.tick()
+    return losses
+
+
+GAN_WORKLOAD = Workload(
+    name="gan",
+    unit="images",
+    convolutional=True,
+    presets={
+        "gpu": {"batch": 128, "image": 64, "width": 64, "latent": 100, "critic": 1},
+        "cpu": {"batch": 64, "image": 8, "width": 32, "latent": 64, "critic": 5},
+        "tiny": {"batch": 8, "image": 8, "width": 8, "latent": 8, "critic": 2},
+    },
+    build=_gan,
+    batches=_gan_batches,
+    items=lambda sizes: sizes["batch"],
+    plain_loop=_gan_plain,
+)
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
-    for w in (CLASSIFIER, SEQ2SEQ, _transfer_workload(frozen=True), _transfer_workload(frozen=False))
+    for w in (
+        CLASSIFIER,
+        GAN_WORKLOAD,
+        SEQ2SEQ,
+        _transfer_workload(frozen=True),
+        _transfer_workload(frozen=False),
+    )
 }

@@ -55,9 +55,10 @@ def test_a_size_override_must_name_a_known_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
-def test_every_workload_has_both_presets_with_the_same_keys(name: str) -> None:
+def test_every_workload_has_the_three_presets_with_the_same_keys(name: str) -> None:
     presets = WORKLOADS[name].presets
-    assert presets["gpu"].keys() == presets["tiny"].keys()
+    assert presets.keys() == {"gpu", "cpu", "tiny"}
+    assert presets["gpu"].keys() == presets["cpu"].keys() == presets["tiny"].keys()
 
 
 @pytest.mark.parametrize("name", sorted(WORKLOADS))

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from systems.gan import GAN
 from systems.gan.model import Discriminator, Generator
-from systems.gan.parity import measure
 
 # Lightning 1.9.5 with ({'optimizer': d, 'frequency': n_critic}, {'optimizer': g, 'frequency': n_generator}),
 # 20 batches (one epoch of the digits default: 1,258 training images in batches of 64)
@@ -174,10 +173,3 @@ def test_sample_leaves_the_generator_mode_and_the_fixed_latents_follow_the_modul
     assert model.generator.training
     assert "fixed_latents" in model.state_dict()
     assert model.double().fixed_latents.dtype == torch.float64
-
-
-def test_the_plain_loop_of_the_parity_measure_does_the_same_work() -> None:
-    """The Lightning/plain time ratio is honest only if both train the same: same weights at the end."""
-    result = measure(epochs=1, repeats=1)
-    assert result["batches"] == 20
-    assert result["max_weight_difference"] == 0.0
