@@ -8,6 +8,7 @@ On a CPU the GPU-only modes (TF32, fp16 autocast) are listed as skipped, not fak
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Any
 
 from matplotlib.figure import Figure
@@ -30,47 +31,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    common_arguments(parser, precisions=list(PRECISIONS))
+    common_arguments(parser, precisions=list(PRECISIONS), runs=3)
     args = parser.parse_args(argv)
     device = pick_device(args.accelerator)
     sizes = workload_sizes(args, device)
     rows: list[dict[str, Any]] = []
     for name in args.workloads:
         workload = WORKLOADS[name]
+        timed = []
         for precision in (PRECISIONS[p] for p in args.precisions):
             row: dict[str, Any] = {"workload": name, "precision": precision.name, "unit": workload.unit}
             if precision.gpu_only and device.type != "cuda":
                 rows.append({**row, "status": "skipped", "note": "needs a CUDA GPU"})
-                continue
-            if precision.channels_last and not workload.convolutional:
+            elif precision.channels_last and not workload.convolutional:
                 rows.append({**row, "status": "skipped", "note": "no convolutions"})
-                continue
-            windows = Windows(device, args.warmup, args.window, args.repeats)
-            data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=True)
-            result = run_trainer(workload, sizes[name], precision, device, windows, data)
-            del result["losses"], result["weights"]
-            items = workload.items(sizes[name])
-            rows.append({**row, "status": "ok", **result, "items_per_s": items / result["median_step_s"]})
+            else:
+                rows.append({**row, "status": "ok", "run_step_s": [], "peak_memory_mib": None})
+                timed.append((precision, rows[-1]))
+        # the modes take turns, run after run, so that a slow spell of the machine hits them all alike
+        for _ in range(args.runs):
+            for precision, row in timed:
+                windows = Windows(device, args.warmup, args.window, args.repeats)
+                data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=True)
+                result = run_trainer(workload, sizes[name], precision, device, windows, data)
+                row["run_step_s"].append(result["median_step_s"])
+                if result["peak_memory_mib"] is not None:
+                    row["peak_memory_mib"] = max(row["peak_memory_mib"] or 0.0, result["peak_memory_mib"])
+        for precision, row in timed:
+            steps = row["run_step_s"]
+            row.update(median_step_s=statistics.median(steps), min_step_s=min(steps), max_step_s=max(steps))
+            row["items_per_s"] = workload.items(sizes[name]) / row["median_step_s"]
             print(
-                f"{name:>11} {precision.name:>26}: {rows[-1]['items_per_s']:10.1f} {workload.unit}/s",
-                flush=True,
+                f"{name:>15} {precision.name:>26}: {row['items_per_s']:10.1f} {workload.unit}/s", flush=True
             )
-    for row in rows:
-        if row["status"] == "ok":
-            base = next(
-                (
-                    r
-                    for r in rows
-                    if r["workload"] == row["workload"] and r["precision"] == "fp32" and r["status"] == "ok"
-                ),
-                None,
-            )
-            row["speedup_vs_fp32"] = base["median_step_s"] / row["median_step_s"] if base else None
+        fp32 = next((row for precision, row in timed if precision.name == "fp32"), None)
+        for _, row in timed:
+            row["speedup_vs_fp32"] = fp32["median_step_s"] / row["median_step_s"] if fp32 else None
     payload = {
         "benchmark": "amp",
         "environment": environment(device),
         "sizes": sizes,
-        "timing": {"warmup": args.warmup, "window": args.window, "repeats": args.repeats},
+        "timing": {"warmup": args.warmup, "window": args.window, "repeats": args.repeats, "runs": args.runs},
         "rows": rows,
     }
     paths = report.write(results_folder(args.out, device), "amp", payload, table(payload), chart(rows))
@@ -96,7 +97,14 @@ def table(payload: dict[str, Any]) -> str:
                 speedup,
             ]
         )
-    header = ["workload", "precision", "step ms, median (min-max)", "throughput", "peak MiB", "vs fp32"]
+    header = [
+        "workload",
+        "precision",
+        "step ms, median of runs (min-max)",
+        "throughput",
+        "peak MiB",
+        "vs fp32",
+    ]
     sizes = "; ".join(f"{name}: {s}" for name, s in payload["sizes"].items())
     return (
         f"# Mixed precision against fp32\n\n{report.environment_line(payload['environment'])}\n\n"

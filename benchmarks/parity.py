@@ -32,8 +32,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    common_arguments(parser, precisions=["fp32", "bf16-mixed"])
-    parser.add_argument("--runs", type=int, default=4, help="pairs of runs (plain, then Trainer)")
+    common_arguments(parser, precisions=["fp32", "bf16-mixed"], runs=4)
     args = parser.parse_args(argv)
     device = pick_device(args.accelerator)
     sizes = workload_sizes(args, device)

@@ -147,7 +147,7 @@ def run_plain(
     return finish(windows, device, module, losses)
 
 
-def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> None:
+def common_arguments(parser: argparse.ArgumentParser, precisions: list[str], runs: int) -> None:
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--precisions", nargs="+", default=precisions, choices=list(PRECISIONS))
     parser.add_argument(
@@ -163,7 +163,15 @@ def common_arguments(parser: argparse.ArgumentParser, precisions: list[str]) -> 
     parser.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
     parser.add_argument("--warmup", type=int, default=10, help="steps before timing starts")
     parser.add_argument("--window", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed windows per run; a run reports their median"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=runs,
+        help="runs of each setting, taking turns; the median run is reported",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results root folder")
 
 

@@ -158,7 +158,8 @@ def _classifier_plain(
     windows: Windows,
 ) -> list[torch.Tensor]:
     """``Classifier.training_step`` and its AdamW + per-step cosine schedule, without the Trainer."""
-    net = module.net.to(device)
+    module = module.to(device)
+    net = module.net
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
@@ -171,7 +172,9 @@ def _classifier_plain(
     for x, y in batches:
         x, y = to_device((x, y), device, precision.channels_last)
         with precision.autocast(device):
-            loss = F.cross_entropy(net(x), y)
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+        module.train_acc(logits, y)  # the step's own bookkeeping counts as the step's work, as in Lightning
         optimizer.zero_grad(set_to_none=True)
         scaling.backward(loss)
         scaling.step(optimizer)

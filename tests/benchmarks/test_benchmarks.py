@@ -19,7 +19,7 @@ def only_folder(root: Path) -> Path:
 
 
 def test_amp_times_every_cpu_mode_and_skips_the_gpu_ones(tmp_path: Path) -> None:
-    payload = amp.main([*TINY, "--workloads", "classifier", "--out", str(tmp_path)])
+    payload = amp.main([*TINY, "--runs=2", "--workloads", "classifier", "--out", str(tmp_path)])
     folder = only_folder(tmp_path)
     assert folder.name.startswith("cpu-")
     assert {p.name for p in folder.iterdir()} == {"amp.json", "amp.md", "amp.png"}
@@ -30,6 +30,7 @@ def test_amp_times_every_cpu_mode_and_skips_the_gpu_ones(tmp_path: Path) -> None
     for name in ("fp32", "bf16-mixed", "bf16-mixed+channels_last"):
         row = rows[name]
         assert row["status"] == "ok"
+        assert len(row["run_step_s"]) == 2
         assert 0 < row["min_step_s"] <= row["median_step_s"] <= row["max_step_s"]
         assert row["items_per_s"] == pytest.approx(16 / row["median_step_s"])
         assert row["peak_memory_mib"] is None  # no GPU, no GPU memory
