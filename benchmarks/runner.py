@@ -58,8 +58,8 @@ def results_folder(root: Path, device: torch.device) -> Path:
 def make_loader(
     workload: Workload, sizes: dict[str, int], steps: int, device: torch.device, on_device: bool
 ) -> DataLoader:
-    """Batches already on the device (as PERFORMANCE.md's plain figures), or pinned on the host so every
-    step pays the copy (the parity benchmark: the same loader for both loops)."""
+    """Batches already on the device (as the reference H100 figures in benchmarks/README.md), or pinned
+    on the host so every step pays the copy (the parity benchmark: the same loader for both loops)."""
     batches = workload.batches(sizes, torch.Generator().manual_seed(0))
     if on_device:
         batches = [to_device(b, device) for b in batches]

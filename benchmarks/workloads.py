@@ -1,9 +1,9 @@
 """What the benchmarks time: each system's real LightningModule, synthetic batches of a chosen size, and
 the same training step written as a plain PyTorch loop (for the parity benchmark).
 
-A workload's sizes come in presets (``gpu``: sized to fill an H100 as PERFORMANCE.md's figures are;
-``cpu``: the sizes each system trains with by default on a CPU; ``tiny``: a smoke run for the tests) and
-can be overridden from the command line (``--size classifier.batch=512``).
+A workload's sizes come in presets (``gpu``: sized to fill an H100, as the reference figures in
+benchmarks/README.md are; ``cpu``: the sizes each system trains with by default on a CPU; ``tiny``: a
+smoke run for the tests) and can be overridden from the command line (``--size classifier.batch=512``).
 """
 
 from __future__ import annotations
