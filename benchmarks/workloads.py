@@ -142,12 +142,18 @@ def _classifier(sizes: dict[str, int]) -> pl.LightningModule:
     )
 
 
-def _classifier_batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
-    shape = (sizes["batch"], 1, sizes["image"], sizes["image"])
-    return [
-        [torch.rand(shape, generator=generator), torch.randint(0, 10, (sizes["batch"],), generator=generator)]
-        for _ in range(4)
-    ]
+def _labelled_images(channels: int, count: int) -> Callable[[dict[str, int], torch.Generator], list[Any]]:
+    """``count`` batches of random images in [0, 1] with labels 0-9, sized by the preset."""
+
+    def batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
+        shape = (sizes["batch"], channels, sizes["image"], sizes["image"])
+        labels = (sizes["batch"],)
+        return [
+            [torch.rand(shape, generator=generator), torch.randint(0, 10, labels, generator=generator)]
+            for _ in range(count)
+        ]
+
+    return batches
 
 
 def _classifier_plain(
@@ -194,7 +200,7 @@ CLASSIFIER = Workload(
         "tiny": {"batch": 16, "image": 8, "width": 8},
     },
     build=_classifier,
-    batches=_classifier_batches,
+    batches=_labelled_images(channels=1, count=4),
     items=lambda sizes: sizes["batch"],
     plain_loop=_classifier_plain,
 )
@@ -306,14 +312,6 @@ def _transfer(frozen: bool) -> Callable[[dict[str, int]], pl.LightningModule]:
     return build
 
 
-def _transfer_batches(sizes: dict[str, int], generator: torch.Generator) -> list[Any]:
-    shape = (sizes["batch"], 3, sizes["image"], sizes["image"])
-    return [
-        [torch.rand(shape, generator=generator), torch.randint(0, 10, (sizes["batch"],), generator=generator)]
-        for _ in range(2)
-    ]
-
-
 def _transfer_plain(
     module: pl.LightningModule,
     batches: Iterable,
@@ -354,7 +352,7 @@ def _transfer_workload(frozen: bool) -> Workload:
             "tiny": {"batch": 4, "image": 32, "depth": 18},
         },
         build=_transfer(frozen),
-        batches=_transfer_batches,
+        batches=_labelled_images(channels=3, count=2),
         items=lambda sizes: sizes["batch"],
         plain_loop=_transfer_plain,
     )

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.common import ImageDataModule, seeded_split, socket_timeout, to_images
+from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
 
 
 class _ToImage:
@@ -98,15 +98,13 @@ class CIFAR10DataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         """Download once per node; offline, fail with one sentence instead of a stack of retries."""
-        if self._files_present():
-            return
-        if not self.download:
-            raise self._missing_error("download is off (data.download=false)")
-        try:
-            with socket_timeout(self.download_timeout):
-                CIFAR10(self.data_dir, train=True, download=True)
-        except (OSError, RuntimeError) as error:
-            raise self._missing_error(f"it could not be downloaded (no network? {error})") from error
+        if not self._files_present():
+            fetch_or_explain(
+                self.download,
+                self.download_timeout,
+                lambda: CIFAR10(self.data_dir, train=True, download=True),
+                self._missing_error,
+            )
 
     def _split(self, train: bool) -> Dataset:
         """One split through torchvision's class, which checks every file's md5 before reading it."""

@@ -95,6 +95,20 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
 
+def fetch_or_explain(
+    download: bool, timeout: float, fetch: Callable[[], None], missing: Callable[[str], Exception]
+) -> None:
+    """Run ``fetch`` (a torchvision download) with every connection bounded by ``timeout`` seconds; when
+    downloading is off or fails, raise ``missing(reason)``: one sentence that names the fix."""
+    if not download:
+        raise missing("download is off (data.download=false)")
+    try:
+        with socket_timeout(timeout):
+            fetch()
+    except (OSError, RuntimeError) as error:
+        raise missing(f"it could not be downloaded (no network? {error})") from error
+
+
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
     """``random_split`` by fractions with its own seeded generator: the same split in every process and run."""
     return random_split(dataset, list(fractions), generator=torch.Generator().manual_seed(seed))

@@ -8,7 +8,7 @@ from typing import Literal
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.common import ImageDataModule, seeded_split, socket_timeout, to_images
+from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
 
 _DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
 # per-channel mean and std of the 60,000 training images in [0, 1]
@@ -82,15 +82,12 @@ class MNISTDataModule(ImageDataModule):
         """Download once per node; offline, fail with one sentence instead of a stack of retries."""
         if self._files_present():
             return
-        cls = _DATASETS[self.dataset]
-        if not self.download:
-            raise self._missing_error("download is off (data.download=false)")
-        try:
-            with socket_timeout(self.download_timeout):
-                for train in (True, False):
-                    cls(self.data_dir, train=train, download=True)
-        except (OSError, RuntimeError) as error:
-            raise self._missing_error(f"it could not be downloaded (no network? {error})") from error
+
+        def fetch() -> None:
+            for train in (True, False):
+                _DATASETS[self.dataset](self.data_dir, train=train, download=True)
+
+        fetch_or_explain(self.download, self.download_timeout, fetch, self._missing_error)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
