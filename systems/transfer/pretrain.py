@@ -1,7 +1,8 @@
 """``python -m systems.transfer.pretrain``: make the source model offline, then export its backbone.
 
-It trains the same ResNet from random weights on the source task (digits 0-4 by default, see
-pretrain_config.yaml) and writes the backbone to ``export.path``, the file ``train``'s config.yaml reads.
+It trains the same ResNet from random weights on the source task (all ten digits on the first half of the
+images by default, see pretrain_config.yaml) and writes the backbone to ``export.path``, the file
+``train``'s config.yaml reads.
 Logs go to ``lightning_logs/transfer/pretrain/version_N``.
 """
 

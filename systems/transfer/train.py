@@ -1,7 +1,7 @@
 """``python -m systems.transfer.train``: fit with config.yaml; or ``fit|validate|test|predict`` and flags.
 
-The default transfers the backbone that ``python -m systems.transfer.pretrain`` wrote (digits 0-4) to
-digits 5-9, frozen.
+The default transfers the backbone that ``python -m systems.transfer.pretrain`` wrote (ten digits, first
+half of the images) to digits 5-9 of the other half, frozen.
 """
 
 from __future__ import annotations
