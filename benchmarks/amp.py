@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return payload
 
 
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
 def table(payload: dict[str, Any]) -> str:
     lines = []
     for row in payload["rows"]:
@@ -91,7 +95,7 @@ def table(payload: dict[str, Any]) -> str:
             [
                 row["workload"],
                 row["precision"],
-                f"{row['median_step_s'] * 1e3:.2f} ({row['min_step_s'] * 1e3:.2f}-{row['max_step_s'] * 1e3:.2f})",
+                f"{ms(row['median_step_s'])} ({ms(row['min_step_s'])}-{ms(row['max_step_s'])})",
                 f"{row['items_per_s']:,.0f} {row['unit']}/s",
                 memory,
                 speedup,

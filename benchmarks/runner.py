@@ -71,7 +71,7 @@ def make_loader(
 
 
 class ChannelsLast(pl.Callback):
-    """Put the module's weights in channels_last; convolutions then run in NHWC (inputs follow the weights)."""
+    """The module's weights in channels_last: convolutions then run in NHWC (inputs follow the weights)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         pl_module.to(memory_format=torch.channels_last)

@@ -110,12 +110,12 @@ def fetch_or_explain(
 
 
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
-    """``random_split`` by fractions with its own seeded generator: the same split in every process and run."""
+    """``random_split`` by fractions with its own seeded generator: one split in every process and run."""
     return random_split(dataset, list(fractions), generator=torch.Generator().manual_seed(seed))
 
 
 def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[float, float]) -> torch.Tensor:
-    """Turn ``(N, C, H, W)`` intensities in [0, 1] into float images of ``image_size`` px in ``value_range``."""
+    """``(N, C, H, W)`` intensities in [0, 1] as float images of ``image_size`` px in ``value_range``."""
     images = pixels.float()
     if image_size is not None and image_size != images.shape[-1]:
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)

@@ -47,8 +47,8 @@ class DigitsDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(
-                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and sum "
-                "to less than 1: leave some images for training."
+                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and "
+                "sum to less than 1: leave some images for training."
             )
         if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
             raise ValueError(f"classes must be distinct digits 0-9, got {classes}.")

@@ -27,8 +27,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if "weights_only" not in str(error).lower():
             raise _corrupt(path, error) from error
         raise ValueError(
-            f"{path} holds Python objects that torch.load(weights_only=True) refuses to run: keep plain values "
-            "(numbers, strings, lists, tensors) in hyper-parameters and callback states, and save it again."
+            f"{path} holds Python objects that torch.load(weights_only=True) refuses to run: keep plain "
+            "values (numbers, strings, lists, tensors) in hyper-parameters and callback states, then save "
+            "it again."
         ) from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise _corrupt(path, error) from error
@@ -53,7 +54,7 @@ def writer_of(checkpoint: dict[str, Any]) -> str | None:
 
 
 def check_checkpoint_class(checkpoint: dict[str, Any], cls: type, path: str | Path) -> None:
-    """Refuse a checkpoint written by another LightningModule class (before its hyper-parameters are parsed)."""
+    """Refuse a checkpoint of another LightningModule class (before its hyper-parameters are parsed)."""
     writer = writer_of(checkpoint)
     hparams = {k for k in checkpoint.get("hyper_parameters", {}) if not k.startswith("_")}
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}

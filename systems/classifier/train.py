@@ -1,4 +1,4 @@
-"""``python -m systems.classifier.train``: fit with config.yaml; or ``fit|validate|test|predict`` and flags."""
+"""``python -m systems.classifier.train``: fit with config.yaml, or any LightningCLI subcommand and flags."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ class TuneCLI(SystemCLI):
             "--batch_size_trials",
             type=int,
             default=4,
-            help="doublings of the batch size to try; on a GPU the search also stops at the first out-of-memory",
+            help="doublings of the batch size to try (on a GPU the search stops at an out-of-memory too)",
         )
         parser.add_argument("--lr_find_steps", type=int, default=100, help="steps of the learning-rate sweep")
 
@@ -52,7 +52,7 @@ def main(args: ArgsType = None) -> dict[str, float | int]:
     lr = finder.suggestion() if finder is not None else None
     if lr is None:
         raise RuntimeError(
-            "lr_find found no clear descent in the loss curve: set model.lr yourself, or raise --lr_find_steps."
+            "lr_find found no clear descent in the loss curve: set model.lr, or raise --lr_find_steps."
         )
     output = Path(cli.config.output)
     output.parent.mkdir(parents=True, exist_ok=True)

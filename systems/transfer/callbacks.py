@@ -22,8 +22,8 @@ PRETRAINED_BACKBONE = "lightning_logs/transfer/pretrain/backbone.pt"
 
 
 class UnfreezeBackbone(Callback):
-    """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze_backbone()`` makes the top backbone stages
-    trainable, and their parameters join the (first) optimizer as a new group named ``backbone`` at ``lr``.
+    """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze_backbone()`` makes the top backbone
+    stages trainable, and their parameters join the (first) optimizer as a new group ``backbone`` at ``lr``.
 
     Why not Lightning's ``BackboneFinetuning``: its ``freeze_before_training`` freezes with
     ``train_bn=True`` whatever its own ``train_bn`` says, so the "frozen" backbone's BatchNorm layers keep
