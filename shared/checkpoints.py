@@ -71,21 +71,25 @@ def check_checkpoint_class(checkpoint: dict[str, Any], cls: type, path: str | Pa
         )
 
 
-def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module) -> None:
-    """Refuse weights that do not fit ``module``, naming what differs; call it from ``on_load_checkpoint``."""
-    expected = module.state_dict()
-    given = checkpoint["state_dict"]
+def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]) -> str:
+    """What keeps ``given`` weights from loading where ``expected`` ones live ("" when they fit): a few
+    missing, unexpected and reshaped keys of each kind."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     reshaped = sorted(k for k in set(expected) & set(given) if expected[k].shape != given[k].shape)
-    if not (missing or unexpected or reshaped):
-        return
-    writer = writer_of(checkpoint) or "a module with other weights"
-    details = "; ".join(
+    return "; ".join(
         f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
         if keys
     )
+
+
+def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module) -> None:
+    """Refuse weights that do not fit ``module``, naming what differs; call it from ``on_load_checkpoint``."""
+    details = state_mismatch(module.state_dict(), checkpoint["state_dict"])
+    if not details:
+        return
+    writer = writer_of(checkpoint) or "a module with other weights"
     raise ValueError(
         f"This checkpoint was written by {writer} and its weights do not fit {type(module).__name__} "
         f"({details}): load it with the system and hyper-parameters that wrote it."

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, WeightsEnum, get_model, get_model_weights
 
+from shared.checkpoints import state_mismatch
+
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 # The five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4.
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
@@ -107,16 +109,8 @@ def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_backbone_state(backbone: ResNet, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
     """Copy ``state`` into ``backbone``, or say what does not fit (often the ``arch``) and change nothing."""
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    reshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or reshaped:
-        details = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
-            if keys
-        )
+    details = state_mismatch(backbone.state_dict(), state)
+    if details:
         raise ValueError(
             f"The weights in {source} do not fit a {arch} backbone ({details}): set model.arch to the ResNet "
             "that wrote them."
