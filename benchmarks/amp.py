@@ -109,11 +109,7 @@ def table(payload: dict[str, Any]) -> str:
         "peak MiB",
         "vs fp32",
     ]
-    sizes = "; ".join(f"{name}: {s}" for name, s in payload["sizes"].items())
-    return (
-        f"# Mixed precision against fp32\n\n{report.environment_line(payload['environment'])}\n\n"
-        f"Sizes: {sizes}. Timing: {payload['timing']}.\n\n" + report.markdown_table(header, lines)
-    )
+    return report.document("Mixed precision against fp32", payload, header, lines)
 
 
 def chart(rows: list[dict[str, Any]]) -> Figure:

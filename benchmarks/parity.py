@@ -128,11 +128,7 @@ def table(payload: dict[str, Any]) -> str:
         "ratio median (min-max): runs",
         "same result",
     ]
-    sizes = "; ".join(f"{name}: {s}" for name, s in payload["sizes"].items())
-    return (
-        f"# Lightning against a plain PyTorch loop\n\n{report.environment_line(payload['environment'])}\n\n"
-        f"Sizes: {sizes}. Timing: {payload['timing']}.\n\n" + report.markdown_table(header, lines)
-    )
+    return report.document("Lightning against a plain PyTorch loop", payload, header, lines)
 
 
 def chart(rows: list[dict[str, Any]]) -> Figure:

@@ -24,6 +24,15 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def document(title: str, payload: dict[str, Any], header: list[str], rows: list[list[str]]) -> str:
+    """A results page: the title, the machine and versions, the sizes and timing, then the table."""
+    sizes = "; ".join(f"{name}: {s}" for name, s in payload["sizes"].items())
+    return (
+        f"# {title}\n\n{environment_line(payload['environment'])}\n\n"
+        f"Sizes: {sizes}. Timing: {payload['timing']}.\n\n" + markdown_table(header, rows)
+    )
+
+
 def environment_line(env: dict[str, str]) -> str:
     return (
         f"{env['device']}; torch {env['torch']}, pytorch-lightning {env['pytorch_lightning']}, "
