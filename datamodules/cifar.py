@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from PIL.Image import Image
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms.functional import pil_to_tensor
 
 from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
+from shared.errors import UserError, require
 
 
 class _ToImage:
@@ -23,7 +24,7 @@ class _ToImage:
         self.image_size = image_size
         self.value_range = value_range
 
-    def __call__(self, image: Image) -> torch.Tensor:
+    def __call__(self, image: Any) -> torch.Tensor:  # a PIL image
         pixels = pil_to_tensor(image).unsqueeze(0).float() / 255.0
         return to_images(pixels, self.image_size, self.value_range)[0]
 
@@ -69,10 +70,11 @@ class CIFAR10DataModule(ImageDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
-        if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
-            raise ValueError(f"classes must be distinct class indices 0-9, got {classes}.")
-        if val_size < 0:
-            raise ValueError(f"val_size must be 0 or more, got {val_size}.")
+        require(
+            classes is None or (len(set(classes)) == len(classes) and set(classes) <= set(range(10))),
+            f"data.classes must be distinct class indices 0-9, got {classes}.",
+        )
+        require(val_size >= 0, f"data.val_size must be 0 or more, got {val_size}.")
         self.data_dir = data_dir
         self.download = download
         self.download_timeout = download_timeout
@@ -89,8 +91,8 @@ class CIFAR10DataModule(ImageDataModule):
     def _files_present(self) -> bool:
         return all((self.folder / name).is_file() for name in self.files)
 
-    def _missing_error(self, reason: str) -> FileNotFoundError:
-        return FileNotFoundError(
+    def _missing_error(self, reason: str) -> UserError:
+        return UserError(
             f"CIFAR-10 is not in {self.folder} and {reason}. Unpack {CIFAR10.filename} (the python version, "
             f"{CIFAR10.url}) into {self.data_dir}, or train offline on the bundled digits with "
             "--data=datamodules.DigitsDataModule."
@@ -104,6 +106,7 @@ class CIFAR10DataModule(ImageDataModule):
                 self.download_timeout,
                 lambda: CIFAR10(self.data_dir, train=True, download=True),
                 self._missing_error,
+                self.folder,
             )
 
     def _split(self, train: bool) -> Dataset:
@@ -116,11 +119,11 @@ class CIFAR10DataModule(ImageDataModule):
                 transform=_ToImage(self.image_size, self.value_range),
                 target_transform=relabel.__getitem__,
             )
-        except RuntimeError as error:
-            raise RuntimeError(
-                f"The CIFAR-10 files in {self.folder} fail torchvision's md5 check ({error}): they are "
-                "partial or not the python version. Delete the folder and let prepare_data download it again."
-            ) from error
+        except RuntimeError:
+            raise UserError(
+                f"The CIFAR-10 files in {self.folder} fail torchvision's md5 check: they are partial or not "
+                "the python version. Delete the folder and let prepare_data download it again."
+            ) from None
         if len(self.classes) == 10:
             return dataset
         keep = torch.isin(torch.tensor(dataset.targets), torch.tensor(self.classes))
@@ -132,10 +135,11 @@ class CIFAR10DataModule(ImageDataModule):
         if not self._files_present():
             raise self._missing_error("prepare_data has not downloaded it")
         full_train = self._split(train=True)
-        if self.val_size >= len(full_train):
-            raise ValueError(
-                f"val_size ({self.val_size}) leaves none of the {len(full_train)} training images: lower it."
-            )
+        require(
+            self.val_size < len(full_train),
+            f"data.val_size={self.val_size} leaves none of the {len(full_train)} training images to train on: "
+            f"set data.val_size below {len(full_train)}.",
+        )
         self.train_set, self.val_set = seeded_split(
             full_train, [len(full_train) - self.val_size, self.val_size], self.seed
         )

@@ -6,12 +6,15 @@ import itertools
 import socket
 from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler, random_split
+
+from shared.errors import require
 
 
 class EpochSeededRandomSampler(RandomSampler):
@@ -68,11 +71,16 @@ class ResumableDataLoader(DataLoader):
     Its sampler needs an ``epoch`` (``EpochSeededRandomSampler``, ``EpochSequentialSampler`` or the
     ``DistributedSampler`` that DDP puts in): without one, a finished epoch looks like an unfinished one
     and nothing is skipped.
+
+    ``stop_point``, when set (the shared ``GracefulStop`` callback sets it), is called before each batch
+    goes out: the one moment when every batch before it is done and counted, so a stop raised there
+    leaves a state that resumes exactly.
     """
 
     _epoch: int | None = None
     _served = 0
     _resume_at: dict[str, Any] | None = None
+    stop_point: Callable[[], None] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self._epoch, "batches": self._served}
@@ -91,22 +99,42 @@ class ResumableDataLoader(DataLoader):
         skip = resume["batches"] if same_epoch else 0
         self._epoch, self._served = epoch, skip
         for batch in itertools.islice(batches, skip, None):
+            if self.stop_point is not None:
+                self.stop_point()
             self._served += 1
             yield batch
 
 
 def fetch_or_explain(
-    download: bool, timeout: float, fetch: Callable[[], None], missing: Callable[[str], Exception]
+    download: bool,
+    timeout: float,
+    fetch: Callable[[], None],
+    missing: Callable[[str], Exception],
+    folder: Path,
 ) -> None:
-    """Run ``fetch`` (a torchvision download) with every connection bounded by ``timeout`` seconds; when
-    downloading is off or fails, raise ``missing(reason)``: one sentence that names the fix."""
+    """Run ``fetch`` (a torchvision download into ``folder``) with every connection bounded by ``timeout``
+    seconds; when downloading is off or fails, raise ``missing(reason)``, one sentence that names the fix,
+    and remove the folders the attempt made (a failed download leaves no empty ``data/MNIST/raw``)."""
     if not download:
         raise missing("download is off (data.download=false)")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         with socket_timeout(timeout):
             fetch()
     except (OSError, RuntimeError) as error:
-        raise missing(f"it could not be downloaded (no network? {error})") from error
+        for path in made:  # deepest first
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise missing(f"it could not be downloaded (no network? {error})") from None
+
+
+def check_loader_arguments(batch_size: int, num_workers: int) -> None:
+    """The loader arguments every datamodule takes, checked where they are given."""
+    require(batch_size >= 1, f"data.batch_size must be 1 or more, got {batch_size}.")
+    require(
+        num_workers >= 0,
+        f"data.num_workers must be 0 (load in the training process) or more, got {num_workers}.",
+    )
 
 
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
@@ -176,16 +204,15 @@ class ImageDataModule(pl.LightningDataModule):
         value_range: tuple[float, float],
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(
-                f"batch_size must be a positive int, got {batch_size}: set data.batch_size to 1 or more."
-            )
-        if value_range[0] >= value_range[1]:
-            raise ValueError(
-                f"value_range must be (low, high) with low < high, got {value_range}: e.g. [-1, 1]."
-            )
-        if image_size is not None and image_size < 1:
-            raise ValueError(f"image_size must be a positive int or null, got {image_size}.")
+        check_loader_arguments(batch_size, num_workers)
+        require(
+            value_range[0] < value_range[1],
+            f"data.value_range must be [low, high] with low < high, got {list(value_range)}: e.g. [-1, 1].",
+        )
+        require(
+            image_size is None or image_size >= 1,
+            f"data.image_size must be 1 or more, or null, got {image_size}.",
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.shuffle = shuffle

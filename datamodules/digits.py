@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
 from datamodules.common import ImageDataModule, seeded_split, to_images
+from shared.errors import require
 
 
 class DigitsDataModule(ImageDataModule):
@@ -45,15 +46,15 @@ class DigitsDataModule(ImageDataModule):
         half: Literal["first", "second"] | None = None,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(
-                f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) must be in [0, 1) and "
-                "sum to less than 1: leave some images for training."
-            )
-        if classes is not None and (len(set(classes)) != len(classes) or not set(classes) <= set(range(10))):
-            raise ValueError(f"classes must be distinct digits 0-9, got {classes}.")
-        if half not in (None, "first", "second"):
-            raise ValueError(f"half must be 'first', 'second' or null, got {half!r}.")
+        require(
+            0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1,
+            f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) "
+            "and sum to less than 1: leave some images for training.",
+        )
+        require(
+            classes is None or (len(set(classes)) == len(classes) and set(classes) <= set(range(10))),
+            f"data.classes must be distinct digits 0-9, got {classes}.",
+        )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.classes = list(classes) if classes is not None else list(range(10))

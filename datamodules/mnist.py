@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import math
+import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +13,7 @@ from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
 from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
+from shared.errors import UserError, require
 
 _DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
 # per-channel mean and std of the 60,000 training images in [0, 1]
@@ -49,8 +54,7 @@ class MNISTDataModule(ImageDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
-        if dataset not in _DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}.")
+        require(val_size >= 0, f"data.val_size must be 0 or more, got {val_size}.")
         self.dataset = dataset
         self.data_dir = data_dir
         self.download = download
@@ -70,16 +74,21 @@ class MNISTDataModule(ImageDataModule):
     def _files_present(self) -> bool:
         return all((self.raw_folder / name).is_file() for name in self._file_names())
 
-    def _missing_error(self, reason: str) -> FileNotFoundError:
+    def _missing_error(self, reason: str) -> UserError:
         files = ", ".join(self._file_names())
-        return FileNotFoundError(
+        return UserError(
             f"{_DATASETS[self.dataset].__name__} is not in {self.raw_folder} and {reason}. Put the four idx "
             f"files there ({files}), or train offline on the bundled digits with "
             "--data=datamodules.DigitsDataModule."
         )
 
     def prepare_data(self) -> None:
-        """Download once per node; offline, fail with one sentence instead of a stack of retries."""
+        """Unpack ``.gz`` files found in the raw folder, else download once per node; offline, fail with one
+        sentence instead of a stack of retries, leaving no empty folders behind."""
+        for name in self._file_names():
+            packed = self.raw_folder / f"{name}.gz"
+            if not (self.raw_folder / name).is_file() and packed.is_file():
+                _gunzip(packed, self.raw_folder / name)
         if self._files_present():
             return
 
@@ -87,22 +96,68 @@ class MNISTDataModule(ImageDataModule):
             for train in (True, False):
                 _DATASETS[self.dataset](self.data_dir, train=train, download=True)
 
-        fetch_or_explain(self.download, self.download_timeout, fetch, self._missing_error)
+        fetch_or_explain(self.download, self.download_timeout, fetch, self._missing_error, self.raw_folder)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         if not self._files_present():
             raise self._missing_error("prepare_data has not downloaded it")
+        for name in self._file_names():
+            check_idx_file(self.raw_folder / name)
         cls = _DATASETS[self.dataset]
         train, test = (cls(self.data_dir, train=flag, download=False) for flag in (True, False))
 
         def as_dataset(split: MNIST) -> TensorDataset:
+            require(
+                len(split.data) == len(split.targets),
+                f"{self.raw_folder} holds {len(split.data)} images but {len(split.targets)} labels for one split: "
+                "the files come from different data sets; download them again.",
+            )
             pixels = split.data.unsqueeze(1).float() / 255.0
             return TensorDataset(to_images(pixels, self.image_size, self.value_range), split.targets.long())
 
         full_train = as_dataset(train)
+        require(
+            self.val_size < len(full_train),
+            f"data.val_size={self.val_size} leaves none of the {len(full_train)} training images in "
+            f"{self.raw_folder} to train on: set data.val_size below {len(full_train)}.",
+        )
         self.train_set, self.val_set = seeded_split(
             full_train, [len(full_train) - self.val_size, self.val_size], self.seed
         )
         self.test_set = as_dataset(test)
+
+
+def _gunzip(packed: Path, target: Path) -> None:
+    """Unpack ``packed`` to ``target`` through a temporary file, so an interrupted unpack leaves no half file."""
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with gzip.open(packed, "rb") as source, open(partial, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    except (OSError, EOFError) as error:
+        partial.unlink(missing_ok=True)
+        raise UserError(
+            f"{packed} cannot be unpacked ({error}): it is truncated or not gzip. Delete it and download again."
+        ) from None
+    os.replace(partial, target)
+
+
+# the element type of an idx file, by the third byte of its magic number: its size in bytes
+_IDX_TYPES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def check_idx_file(path: Path) -> None:
+    """Refuse a file that is not a whole idx file (LeCun's format: a magic number, the sizes, the data)
+    before torchvision reads it, whose own failures are a bare assertion or a reshape error."""
+    data = path.read_bytes()
+    fix = "delete it and download the data set again (or copy the original file there)"
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] not in _IDX_TYPES or not 1 <= data[3] <= 4:
+        raise UserError(f"{path} is not an idx file (its header is wrong): {fix}.")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    expected = 4 + 4 * len(dims) + math.prod(dims) * _IDX_TYPES[data[2]]
+    if len(data) != expected:
+        raise UserError(
+            f"{path} holds {len(data):,} bytes where its header ({' x '.join(map(str, dims))}) promises "
+            f"{expected:,}: it is truncated or damaged; {fix}."
+        )

@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datamodules.common import make_loader
+from datamodules.common import check_loader_arguments, make_loader
+from shared.errors import require
 
 TASKS = ("running_sum", "delayed_copy")
 _SPLITS = ("train", "val", "test")
@@ -88,26 +89,22 @@ class SequenceDataModule(pl.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}: set data.task to one of them.")
-        if vocab_size < 2:
-            raise ValueError(
-                f"vocab_size must be at least 2, got {vocab_size}: set data.vocab_size to 2 or more."
-            )
-        if not 1 <= min_length <= max_length:
-            raise ValueError(
-                f"lengths must satisfy 1 <= min_length <= max_length, got {min_length} and {max_length}: "
-                "fix data.min_length or data.max_length."
-            )
-        if not 0 <= delay < min_length:
-            raise ValueError(
-                f"delay must be in [0, min_length), got {delay} with min_length={min_length}: every sequence "
-                "needs steps to report, so lower data.delay or raise data.min_length."
-            )
-        if min(train_size, val_size, test_size) < 1 or batch_size < 1:
-            raise ValueError(
-                "train_size, val_size, test_size and batch_size must be positive ints: fix the data sizes."
-            )
+        require(vocab_size >= 2, f"data.vocab_size must be 2 or more, got {vocab_size}.")
+        require(
+            1 <= min_length <= max_length,
+            f"data.min_length ({min_length}) and data.max_length ({max_length}) must satisfy "
+            "1 <= min_length <= max_length.",
+        )
+        require(
+            0 <= delay < min_length,
+            f"data.delay must be in [0, min_length={min_length}), got {delay}: every sequence needs steps to "
+            "report, so lower data.delay or raise data.min_length.",
+        )
+        require(
+            min(train_size, val_size, test_size) >= 1,
+            "data.train_size, data.val_size and data.test_size must be 1 or more.",
+        )
+        check_loader_arguments(batch_size, num_workers)
         self.task = task
         self.vocab_size = vocab_size
         self.delay = delay

@@ -20,6 +20,7 @@ import torch
 from torchvision.datasets import CIFAR10
 
 from datamodules import CIFAR10DataModule
+from shared.errors import UserError
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 6  # images per file: 30 training images, 6 test images
@@ -91,7 +92,7 @@ def test_corrupt_file_is_refused_with_the_fix(tmp_path: Path, monkeypatch: pytes
     batch = tmp_path / "data" / CIFAR10.base_folder / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:-10])
     dm = CIFAR10DataModule(data_dir=str(tmp_path / "data"), val_size=2)
-    with pytest.raises(RuntimeError, match=r"fail torchvision's md5 check.*download it again"):
+    with pytest.raises(UserError, match=r"fail torchvision's md5 check.*download it again"):
         dm.setup("fit")
 
 
@@ -102,18 +103,17 @@ def test_offline_download_fails_fast_with_the_fix(tmp_path: Path, monkeypatch: p
         port = probe.getsockname()[1]
     monkeypatch.setattr(CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
     dm = CIFAR10DataModule(data_dir=str(tmp_path / "data"), download_timeout=2.0)
-    with pytest.raises(
-        FileNotFoundError, match=r"could not be downloaded.*--data=datamodules\.DigitsDataModule"
-    ):
+    with pytest.raises(UserError, match=r"could not be downloaded.*--data=datamodules\.DigitsDataModule"):
         dm.prepare_data()
-    with pytest.raises(FileNotFoundError, match="download is off"):
+    assert not (tmp_path / "data").exists()  # the failed download leaves no empty folders
+    with pytest.raises(UserError, match="download is off"):
         CIFAR10DataModule(data_dir=str(tmp_path / "data"), download=False).prepare_data()
-    with pytest.raises(FileNotFoundError, match="prepare_data has not downloaded it"):
+    with pytest.raises(UserError, match="prepare_data has not downloaded it"):
         dm.setup("fit")
 
 
 def test_bad_arguments_name_the_fix() -> None:
-    with pytest.raises(ValueError, match="distinct class indices"):
+    with pytest.raises(UserError, match="distinct class indices"):
         CIFAR10DataModule(classes=[1, 1])
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(UserError, match="batch_size"):
         CIFAR10DataModule(batch_size=0)

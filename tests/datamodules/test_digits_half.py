@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from sklearn.datasets import load_digits
 
@@ -40,8 +39,3 @@ def test_half_combines_with_classes() -> None:
         torch.isin(torch.from_numpy(load_digits().target[middle:]), torch.arange(5, 10)).sum()
     )
     assert {label for _, label in images} == {0, 1, 2, 3, 4}
-
-
-def test_bad_half_names_the_choices() -> None:
-    with pytest.raises(ValueError, match="half must be 'first', 'second' or null"):
-        DigitsDataModule(half="third")  # type: ignore[arg-type]

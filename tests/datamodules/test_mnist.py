@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from datamodules import MNISTDataModule
+from shared.errors import UserError
 
 
 def write_idx(folder: Path, prefix: str, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -67,24 +69,62 @@ def test_fashion_mnist_resized_to_32_in_minus_one_to_one(tmp_path: Path) -> None
 
 def test_missing_files_without_download_name_the_fix(tmp_path: Path) -> None:
     data = MNISTDataModule(data_dir=str(tmp_path / "nothing"), download=False)
-    with pytest.raises(FileNotFoundError, match=r"Put the four idx files there .*DigitsDataModule"):
+    with pytest.raises(UserError, match=r"Put the four idx files there .*DigitsDataModule"):
         data.prepare_data()
-    with pytest.raises(FileNotFoundError, match="not in"):
+    with pytest.raises(UserError, match="not in"):
         data.setup("fit")
 
 
-def test_offline_download_fails_fast_with_one_sentence(
+def test_offline_download_fails_fast_with_one_sentence_and_leaves_no_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # an address that nothing answers: without the timeout, connect() would wait for minutes
     monkeypatch.setattr(MNIST, "mirrors", ["http://10.255.255.1/mnist/"])
     data = MNISTDataModule(data_dir=str(tmp_path / "data"), download_timeout=1.0)
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError, match=r"could not be downloaded \(no network\?"):
+    with pytest.raises(UserError, match=r"could not be downloaded \(no network\?"):
         data.prepare_data()
     assert time.monotonic() - start < 15
+    assert not (tmp_path / "data").exists()
 
 
-def test_an_unknown_dataset_name_is_refused() -> None:
-    with pytest.raises(ValueError, match="dataset must be one of"):
-        MNISTDataModule(dataset="kmnist")
+def test_the_gz_files_alone_are_unpacked_and_read(tmp_path: Path) -> None:
+    train = fake_mnist(tmp_path / "data")
+    raw = tmp_path / "data/MNIST/raw"
+    for path in list(raw.iterdir()):
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False, val_size=10)
+    data.prepare_data()
+    data.setup("fit")
+    assert len(data.train_set) + len(data.val_set) == len(train)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("truncate_images", r"train-images-idx3-ubyte holds 35,216 bytes where its header \(60 x 28 x 28\)"),
+        ("garbage_labels", r"train-labels-idx1-ubyte is not an idx file"),
+        ("fewer_labels", r"holds 60 images but 50 labels"),
+    ],
+)
+def test_a_damaged_idx_file_is_named(tmp_path: Path, damage: str, message: str) -> None:
+    fake_mnist(tmp_path / "data")
+    raw = tmp_path / "data/MNIST/raw"
+    images, labels = raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte"
+    if damage == "truncate_images":
+        images.write_bytes(images.read_bytes()[:35216])
+    elif damage == "garbage_labels":
+        labels.write_bytes(bytes(range(200)))
+    else:
+        labels.write_bytes(struct.pack(">ii", 0x801, 50) + bytes(50))  # a whole file of another set
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False, val_size=10)
+    with pytest.raises(UserError, match=message):
+        data.setup("fit")
+
+
+def test_a_validation_split_larger_than_the_file_is_refused_with_the_sizes(tmp_path: Path) -> None:
+    fake_mnist(tmp_path / "data", n_train=40)
+    data = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False, val_size=50)
+    with pytest.raises(UserError, match=r"val_size=50 leaves none of the 40 training images .*below 40"):
+        data.setup("fit")

@@ -96,11 +96,10 @@ def test_the_shuffle_depends_on_seed_and_epoch_only() -> None:
 @pytest.mark.parametrize(
     ("overrides", "words"),
     [
-        ({"task": "reverse"}, "data.task"),
         ({"vocab_size": 1}, "data.vocab_size"),
         ({"min_length": 50, "max_length": 20}, "min_length <= max_length"),
         ({"delay": 30, "min_length": 30}, "data.delay"),
-        ({"batch_size": 0}, "positive"),
+        ({"batch_size": 0}, "data.batch_size must be 1 or more"),
     ],
 )
 def test_bad_values_are_refused_with_the_fix(overrides: dict[str, object], words: str) -> None:
