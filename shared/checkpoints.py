@@ -1,71 +1,76 @@
-"""Checks that turn a bad checkpoint into one clear sentence before anything is trained or written."""
+"""Reading checkpoints and weight files safely, and writing checkpoints that are never half-written."""
 
 from __future__ import annotations
 
 import inspect
+import os
 import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from shared.errors import UserError
 
 _EXAMPLE = "lightning_logs/<system>/version_N/checkpoints/last.ckpt"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, or raise an error that says what is wrong and what to do."""
+def load_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a ``UserError`` that says what the file is.
+
+    ``weights_only`` never runs code from the file. Torch's own advice on a refused file (to load it with
+    ``weights_only=False``, which would run that code) is never passed on.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"There is no checkpoint at {path}: pass the path of a .ckpt file, e.g. {_EXAMPLE}."
+        raise UserError(f"There is no {what} at {path}: pass the path of an existing file.")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(4) == b"PK\x03\x04":  # begins as torch.save's zip archive, but its end is missing
+                raise _corrupt(path, what)
+        raise UserError(
+            f"{path} is not a {what}: it is not a file that torch.save writes. Pass another file, e.g. "
+            "last.ckpt or an epoch=N one of the same run."
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" not in str(error).lower():
-            raise _corrupt(path, error) from error
-        raise ValueError(
-            f"{path} holds Python objects that torch.load(weights_only=True) refuses to run: keep plain "
-            "values (numbers, strings, lists, tensors) in hyper-parameters and callback states, then save "
-            "it again."
-        ) from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise _corrupt(path, error) from error
+        if "global" in str(error).lower():  # an object of a class that weights_only does not allow
+            raise UserError(
+                f"{path} holds Python objects besides tensors and plain values, and loading them could run "
+                f"code: it was not written by this project. Save the {what} again from plain values."
+            ) from None
+        raise _corrupt(path, what) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError):
+        raise _corrupt(path, what) from None
+
+
+def _corrupt(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path} cannot be read as a {what}: it is truncated or corrupt. Use another file, e.g. last.ckpt or "
+        "an epoch=N one of the same run."
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint loaded on the CPU, or a ``UserError`` that says what is wrong and what to do."""
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(
+        raise UserError(
             f"{path} is not a Lightning checkpoint (it has no 'state_dict'): pass a file written by "
-            "ModelCheckpoint or Trainer.save_checkpoint."
+            f"ModelCheckpoint or Trainer.save_checkpoint, e.g. {_EXAMPLE}."
         )
     return checkpoint
 
 
-def _corrupt(path: Path, error: BaseException) -> ValueError:
-    return ValueError(
-        f"{path} cannot be read as a checkpoint ({type(error).__name__}): it is truncated or corrupt. "
-        f"Resume from another file of that run instead, e.g. last.ckpt or an epoch=N one beside it."
-    )
-
-
-def writer_of(checkpoint: dict[str, Any]) -> str | None:
-    """The class path LightningCLI recorded for the module that wrote the checkpoint, if any."""
-    return checkpoint.get("hyper_parameters", {}).get("_class_path")
-
-
 def check_checkpoint_class(checkpoint: dict[str, Any], cls: type, path: str | Path) -> None:
     """Refuse a checkpoint of another LightningModule class (before its hyper-parameters are parsed)."""
-    writer = writer_of(checkpoint)
     hparams = {k for k in checkpoint.get("hyper_parameters", {}) if not k.startswith("_")}
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    if writer is not None and writer.rsplit(".", 1)[-1] != cls.__name__:
-        raise ValueError(
-            f"{path} was written by {writer}, not by {cls.__name__}: pass a checkpoint of this system, "
-            f"e.g. {_EXAMPLE}."
-        )
-    foreign = sorted(hparams - accepted)
+    foreign = sorted(hparams - set(inspect.signature(cls.__init__).parameters))
     if foreign:
-        raise ValueError(
+        raise UserError(
             f"{path} comes from another system (its hyper-parameters {', '.join(foreign[:4])} are not "
             f"{cls.__name__}'s): pass a checkpoint of this system, e.g. {_EXAMPLE}."
         )
@@ -84,13 +89,20 @@ def state_mismatch(expected: dict[str, torch.Tensor], given: dict[str, torch.Ten
     )
 
 
-def check_checkpoint_fits(checkpoint: dict[str, Any], module: nn.Module) -> None:
-    """Refuse weights that do not fit ``module``, naming what differs; call it from ``on_load_checkpoint``."""
-    details = state_mismatch(module.state_dict(), checkpoint["state_dict"])
-    if not details:
-        return
-    writer = writer_of(checkpoint) or "a module with other weights"
-    raise ValueError(
-        f"This checkpoint was written by {writer} and its weights do not fit {type(module).__name__} "
-        f"({details}): load it with the system and hyper-parameters that wrote it."
-    )
+class WholeFileCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside its target, then rename it into place.
+
+    A write that fails (a full disk, a read-only folder) leaves no truncated file under a checkpoint's
+    name, and the file it would have replaced (``last.ckpt`` of the epoch before) stays whole. The error
+    names the checkpoint that could not be written.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+            os.replace(partial, path)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise OSError(error.errno, error.strerror, str(path)) from None

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,3 +37,72 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+class SendSignal(pl.Callback):
+    """Send ``signum`` to this very process ``times`` times at one moment of a run: ``hook`` in epoch
+    ``epoch`` at batch ``batch`` (``after_backward``: in the middle of a training step, between its backward
+    and its optimizer step; ``val_batch_start``: during validation; ``train_batch_end``: after the batch)."""
+
+    def __init__(
+        self, hook: str, epoch: int, batch: int, signum: int = signal.SIGINT, times: int = 1
+    ) -> None:
+        self.hook, self.epoch, self.batch, self.signum, self.times = hook, epoch, batch, signum, times
+        self.sent = False
+
+    def _maybe_send(self, trainer: pl.Trainer, hook: str, batch: int) -> None:
+        if hook == self.hook and not self.sent and (trainer.current_epoch, batch) == (self.epoch, self.batch):
+            self.sent = True
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signum)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_send(trainer, "after_backward", trainer.fit_loop.epoch_loop.batch_idx)
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if not trainer.sanity_checking:
+            self._maybe_send(trainer, "val_batch_start", args[2])
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._maybe_send(trainer, "train_batch_end", args[2])
+
+
+def send_signal(hook: str, epoch: int, batch: int, signum: int = signal.SIGINT, times: int = 1) -> str:
+    """The flag that adds ``SendSignal`` to a run's callbacks."""
+    init = {"hook": hook, "epoch": epoch, "batch": batch, "signum": int(signum), "times": times}
+    return "--trainer.callbacks+=" + json.dumps({"class_path": "tests.helpers.SendSignal", "init_args": init})
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    first, second = weights(a), weights(b)
+    assert first.keys() == second.keys()
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
+
+
+def logged_steps(folder: str | Path) -> list[tuple[str, str]]:
+    """(epoch, step) of every row of a run's metrics.csv that holds a validation metric."""
+    with open(Path(folder) / "metrics.csv", newline="") as file:
+        return [
+            (r["epoch"], r["step"])
+            for r in csv.DictReader(file)
+            if any(k.startswith("val/") and v for k, v in r.items())
+        ]
+
+
+def refused(capsys: Any, run: Any, args: list[str]) -> str:
+    """Run ``run(args)``, which must stop with exit status 2 and one message without a traceback; the message."""
+    capsys.readouterr()
+    try:
+        run(args)
+    except SystemExit as stop:
+        assert stop.code == 2, stop.code
+    else:
+        raise AssertionError(f"{args} was not refused")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err

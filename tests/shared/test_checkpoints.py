@@ -1,4 +1,4 @@
-"""Bad checkpoints are refused with one sentence and nothing is written; crashes leave a resumable file."""
+"""Bad checkpoints are refused with one sentence before anything runs, and nothing is written."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from datamodules import DigitsDataModule, MNISTDataModule
-from shared.callbacks import CrashCheckpoint, RandomStateCallback
-from systems.classifier import Classifier
+from shared.callbacks import RandomStateCallback
 from systems.classifier.train import main
-from tests.helpers import QUIET
+from tests.helpers import QUIET, refused
 
 SHORT = [*QUIET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
 
@@ -52,85 +50,81 @@ def trained_run() -> Path:
     return Path("lightning_logs/classifier/version_0/checkpoints/last.ckpt")
 
 
-def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(trained_run: Path) -> None:
+def versions() -> list[str]:
+    return sorted(p.name for p in Path("lightning_logs/classifier").iterdir())
+
+
+def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     broken = Path("broken.ckpt")
     broken.write_bytes(trained_run.read_bytes()[:5000])
     before = digest(broken)
-    with pytest.raises(ValueError, match=r"truncated or corrupt.*last\.ckpt"):
-        main(["fit", *SHORT, f"--ckpt_path={broken}"])
+    err = refused(capsys, main, ["fit", *SHORT, f"--ckpt_path={broken}"])
+    assert "truncated or corrupt" in err and "last.ckpt" in err
     assert digest(broken) == before
-    assert sorted(p.name for p in Path("lightning_logs/classifier").iterdir()) == ["version_0"]
+    assert versions() == ["version_0"]
 
 
-def test_a_missing_checkpoint_names_an_example_path() -> None:
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint at nowhere\.ckpt.*last\.ckpt"):
-        main(["validate", *QUIET, "--ckpt_path=nowhere.ckpt"])
+def test_a_missing_checkpoint_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "There is no checkpoint at nowhere.ckpt" in refused(
+        capsys, main, ["validate", *QUIET, "--ckpt_path=nowhere.ckpt"]
+    )
+    assert not Path("lightning_logs").exists()
 
 
-def test_a_file_that_is_no_lightning_checkpoint_is_refused() -> None:
+def test_random_bytes_are_not_a_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    Path("noise.ckpt").write_bytes(torch.randint(0, 256, (4000,), dtype=torch.uint8).numpy().tobytes())
+    err = refused(capsys, main, ["test", *QUIET, "--ckpt_path=noise.ckpt"])
+    assert "noise.ckpt is not a checkpoint: it is not a file that torch.save writes." in err
+    assert "Python objects" not in err
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_without_advice_to_run_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    torch.save({"state_dict": {}, "payload": _Payload()}, "evil.ckpt")
+    err = refused(capsys, main, ["test", *QUIET, "--ckpt_path=evil.ckpt"])
+    assert "holds Python objects" in err
+    assert "weights_only=False" not in err and "weights_only" not in err
+    assert not _Payload.ran
+
+
+def test_a_file_that_is_no_lightning_checkpoint_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     torch.save({"weights": torch.ones(2)}, "plain.pt")
-    with pytest.raises(ValueError, match="not a Lightning checkpoint"):
-        main(["test", *QUIET, "--ckpt_path=plain.pt"])
+    assert "not a Lightning checkpoint" in refused(capsys, main, ["test", *QUIET, "--ckpt_path=plain.pt"])
 
 
-def test_a_checkpoint_of_another_system_is_refused_by_the_cli() -> None:
+def test_a_checkpoint_of_another_system_is_refused_by_the_cli(capsys: pytest.CaptureFixture[str]) -> None:
     foreign = other_system_checkpoint(Path("other.ckpt"))
     before = digest(foreign)
-    with pytest.raises(
-        ValueError, match=r"comes from another system \(its hyper-parameters hidden, n_critic"
-    ):
-        main(["fit", *SHORT, f"--ckpt_path={foreign}"])
+    err = refused(capsys, main, ["fit", *SHORT, f"--ckpt_path={foreign}"])
+    assert "comes from another system (its hyper-parameters hidden, n_critic" in err
     assert digest(foreign) == before
     assert not Path("lightning_logs").exists()
 
 
-def test_a_checkpoint_naming_another_class_is_refused(trained_run: Path) -> None:
-    checkpoint = torch.load(trained_run, weights_only=True)
-    checkpoint["hyper_parameters"]["_class_path"] = "systems.gan.module.GAN"
-    torch.save(checkpoint, "renamed.ckpt")
-    with pytest.raises(ValueError, match=r"written by systems\.gan\.module\.GAN, not by Classifier"):
-        main(["predict", *QUIET, "--ckpt_path=renamed.ckpt"])
-
-
-def test_load_from_checkpoint_refuses_weights_that_do_not_fit() -> None:
-    foreign = other_system_checkpoint(Path("other.ckpt"))
-    with pytest.raises(ValueError, match=r"do not fit Classifier \(missing: .*unexpected: layer\.bias"):
-        Classifier.load_from_checkpoint(foreign)
-
-
-class _Crashing(Classifier):
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.global_step == 3:
-            raise RuntimeError("the data centre lost power")
-        return super().training_step(batch, batch_idx)
-
-
-def test_a_crash_during_fit_leaves_a_resumable_checkpoint(tmp_path: Path) -> None:
-    trainer = pl.Trainer(
-        max_epochs=2,
-        limit_train_batches=5,
-        limit_val_batches=1,
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[CrashCheckpoint(tmp_path)],
+def test_weights_that_do_not_fit_the_configured_model_are_refused_before_anything_runs(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = refused(
+        capsys, main, ["test", *QUIET, f"--ckpt_path={trained_run}", "--data.init_args.classes=[1,2,3]"]
     )
-    with pytest.raises(RuntimeError, match="lost power"):
-        trainer.fit(_Crashing(), datamodule=DigitsDataModule())
-    saved = torch.load(tmp_path / "on_exception.ckpt", weights_only=True)
-    assert saved["global_step"] == 3
-    resumed = pl.Trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=1, logger=False)
-    resumed.fit(Classifier(), datamodule=DigitsDataModule(), ckpt_path=tmp_path / "on_exception.ckpt")
-    assert resumed.global_step == 10
+    assert "do not fit the model this configuration builds (other shape: net.head.1.bias" in err
+    assert versions() == ["version_0"]
 
 
-def test_no_crash_checkpoint_for_errors_before_training(tmp_path: Path) -> None:
-    trainer = pl.Trainer(
-        max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[CrashCheckpoint(tmp_path)]
-    )
-    missing = MNISTDataModule(data_dir=str(tmp_path / "nothing"), download=False)
-    with pytest.raises(FileNotFoundError, match="download is off"):
-        trainer.fit(Classifier(), datamodule=missing)
-    assert not (tmp_path / "on_exception.ckpt").exists()
+class _Payload:
+    """An object whose unpickling would run code: ``weights_only`` must refuse it."""
+
+    ran = False
+
+    def __reduce__(self) -> tuple:
+        return (_Payload._run, ())
+
+    @staticmethod
+    def _run() -> None:
+        _Payload.ran = True
 
 
 def test_random_states_survive_a_checkpoint() -> None:

@@ -1,0 +1,156 @@
+"""Every way a run stops leaves a state that resumes exactly, and an unfinished run exits non-zero."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from systems.classifier.train import main
+from tests.helpers import QUIET, ROOT, assert_same_weights, logged_steps, send_signal
+
+RUN = [
+    "fit",
+    *QUIET,
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=5",
+    "--trainer.limit_val_batches=2",
+    "--trainer.deterministic=true",
+    "--test_after_fit=false",
+]
+FOLDER = Path("lightning_logs/classifier")
+
+
+def interrupted(*flags: str) -> tuple[int, Path]:
+    """Run with ``flags`` until a signal stops it; its exit status and the checkpoint it left."""
+    with pytest.raises(SystemExit) as stop:
+        main([*RUN, *flags])
+    return stop.value.code, max(
+        FOLDER.glob("version_*/checkpoints/interrupted.ckpt"), key=lambda p: p.stat().st_mtime
+    )
+
+
+@pytest.mark.parametrize(
+    ("hook", "epoch", "batch", "flags", "saved_step"),
+    [
+        # between a backward and its optimizer step: the batch is finished first
+        ("after_backward", 1, 2, [], 8),
+        # during a validation in the middle of an epoch: the validation is finished first
+        ("val_batch_start", 1, 0, ["--trainer.val_check_interval=2"], 7),
+        # at an epoch's last batch: the stop comes between epochs, where last.ckpt holds the state
+        ("train_batch_end", 0, 4, [], 5),
+    ],
+)
+def test_ctrl_c_anywhere_in_fit_saves_a_state_that_resumes_bit_identically(
+    hook: str, epoch: int, batch: int, flags: list[str], saved_step: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    straight = main([*RUN, *flags])
+    status, checkpoint = interrupted(*flags, send_signal(hook, epoch, batch))
+    assert status == 130
+    assert f"Stopped by Ctrl-C: the state is saved in {checkpoint}" in capsys.readouterr().err
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == saved_step
+    resumed = main([*RUN, *flags, f"--ckpt_path={checkpoint}"])
+    assert resumed.trainer.global_step == straight.trainer.global_step == 10
+    assert_same_weights(resumed.model, straight.model)
+    # the resumed run logs its remaining validations at the steps the uninterrupted one did
+    remaining = logged_steps(resumed.trainer.log_dir)
+    assert remaining == logged_steps(straight.trainer.log_dir)[-len(remaining) :]
+
+
+def test_a_stop_after_the_last_batch_lets_fit_finish_but_exits_130(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*RUN, "--test_after_fit=true", send_signal("val_batch_start", 1, 0)])
+    assert stop.value.code == 130
+    last = FOLDER / "version_0/checkpoints/last.ckpt"
+    assert f"the state is saved in {last}" in capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["global_step"] == 10
+
+
+def test_sigterm_exits_143_with_a_checkpoint_that_resumes() -> None:
+    straight = main(RUN)
+    status, checkpoint = interrupted(send_signal("after_backward", 1, 3, signal.SIGTERM))
+    assert status == 143
+    resumed = main([*RUN, f"--ckpt_path={checkpoint}"])
+    assert_same_weights(resumed.model, straight.model)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_saves_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([*RUN, send_signal("after_backward", 1, 1, times=2)])
+    assert stop.value.code == 130
+    assert "nothing was saved" in capsys.readouterr().err
+    checkpoints = {p.name for p in FOLDER.glob("version_0/checkpoints/*")}
+    assert "interrupted.ckpt" not in checkpoints and "last.ckpt" in checkpoints  # epoch 0's
+
+
+def test_the_interruption_checkpoint_goes_beside_last_ckpt_with_any_logger() -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(
+            [
+                *RUN,
+                "--trainer.logger=pytorch_lightning.loggers.CSVLogger",
+                "--trainer.logger.init_args.save_dir=csv_logs",
+                send_signal("after_backward", 1, 1),
+            ]
+        )
+    assert stop.value.code == 130
+    folder = Path("csv_logs/lightning_logs/version_0/checkpoints")
+    assert {"last.ckpt", "interrupted.ckpt"} <= {p.name for p in folder.iterdir()}
+
+
+class _Crashing(Exception):
+    pass
+
+
+def test_an_exception_saves_nothing_and_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing step leaves its state half-made, so no checkpoint is written of it; last.ckpt remains."""
+    from systems.classifier import Classifier
+
+    original = Classifier.training_step
+
+    def failing(self: Classifier, batch: object, batch_idx: int) -> object:
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise _Crashing("the data centre lost power")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(Classifier, "training_step", failing)
+    with pytest.raises(_Crashing):
+        main(RUN)
+    names = {p.name for p in FOLDER.glob("version_0/checkpoints/*.ckpt")}
+    assert "last.ckpt" in names and not {"interrupted.ckpt", "on_exception.ckpt"} & names
+
+
+def test_ctrl_c_through_the_real_command_line(tmp_path: Path) -> None:
+    """A real SIGINT: the message, the checkpoint, exit status 130."""
+    command = [sys.executable, "-m", "systems.classifier.train", *RUN[:1], *QUIET]
+    command += ["--trainer.max_epochs=100", "--test_after_fit=false", "--model.lr=1e-4"]
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert "Ctrl-C: stopping after this batch" in err
+    assert (last.parent / "interrupted.ckpt").is_file()
+
+
+def test_a_resumed_run_can_be_stopped_again_in_the_epoch_it_resumed() -> None:
+    """A run resumed mid-epoch gets no on_train_epoch_start for that epoch; the stop must work there too."""
+    straight = main(RUN)
+    _, first = interrupted(send_signal("after_backward", 1, 0))
+    _, second = interrupted(f"--ckpt_path={first}", send_signal("after_backward", 1, 2))
+    assert torch.load(second, weights_only=True)["global_step"] == 8
+    resumed = main([*RUN, f"--ckpt_path={second}"])
+    assert_same_weights(resumed.model, straight.model)
