@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -14,7 +15,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from shared.checkpoints import check_checkpoint_fits
+from shared.errors import UserError, epochs_to_train, require
 from shared.visuals import log_figure
 from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
 
@@ -54,19 +55,19 @@ class Classifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        require(num_classes >= 2, f"num_classes must be 2 or more, got {num_classes}.")
+        require(width >= 1, f"model.width must be 1 or more, got {width}.")
         if len(mean) != image_shape[0] or len(std) != image_shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"mean {mean} and std {std} need one value per channel ({image_shape[0]}): "
                 "let the CLI link them from the datamodule, or give one per channel."
             )
         if lr <= 0 or not 0 <= dropout < 1:
-            raise ValueError(f"lr must be > 0 and dropout in [0, 1), got lr={lr}, dropout={dropout}.")
+            raise UserError(f"lr must be > 0 and dropout in [0, 1), got lr={lr}, dropout={dropout}.")
         if normalization not in ("type_as", "buffer"):
-            raise ValueError(f"normalization must be 'type_as' or 'buffer', got {normalization!r}.")
+            raise UserError(f"normalization must be 'type_as' or 'buffer', got {normalization!r}.")
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}.")
+            raise UserError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}.")
         normalize = TypeAsNormalize(mean, std) if normalization == "type_as" else BufferNormalize(mean, std)
         self.net = ConvNet(normalize, image_shape[0], num_classes, width, dropout)
         self.train_acc = MulticlassAccuracy(num_classes)
@@ -141,19 +142,16 @@ class Classifier(pl.LightningModule):
         )
         interval = self.hparams.scheduler_interval
         if interval == "epoch":
-            if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
-                raise ValueError(
-                    "scheduler_interval='epoch' needs trainer.max_epochs to size the schedule: set it, or "
-                    "use model.scheduler_interval=step with trainer.max_steps."
-                )
-            periods = self.trainer.max_epochs
+            periods = epochs_to_train(self.trainer)
         else:
             periods = self.trainer.estimated_stepping_batches
+            require(
+                math.isfinite(periods),
+                "scheduler_interval='step' sizes the schedule by the steps to train, which are unbounded: set "
+                "--trainer.max_epochs or --trainer.max_steps.",
+            )
         scheduler = CosineAnnealingLR(optimizer, T_max=max(1, int(periods)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(checkpoint, self)
 
 
 def confusion_figure(matrix: torch.Tensor) -> Figure:

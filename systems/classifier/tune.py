@@ -15,6 +15,7 @@ from pytorch_lightning.cli import ArgsType, LightningArgumentParser
 from pytorch_lightning.tuner import Tuner
 
 from shared.cli import SystemCLI
+from shared.errors import reported, require
 from systems.classifier.module import Classifier
 from systems.classifier.train import CONFIG, LINKS
 
@@ -28,6 +29,9 @@ class TuneCLI(SystemCLI):
             "--output", default="lightning_logs/classifier/tuned.yaml", help="config file to write"
         )
         parser.add_argument(
+            "--overwrite", type=bool, default=False, help="replace --output if it exists (else refused)"
+        )
+        parser.add_argument(
             "--batch_size_trials",
             type=int,
             default=4,
@@ -38,6 +42,16 @@ class TuneCLI(SystemCLI):
 
 def main(args: ArgsType = None) -> dict[str, float | int]:
     cli = TuneCLI(Classifier, name="classifier", config_file=CONFIG, links=LINKS, args=args, run=False)
+    with reported(cli.remove_what_was_written):
+        return tune(cli)
+
+
+def tune(cli: TuneCLI) -> dict[str, float | int]:
+    output = Path(cli.config.output)
+    require(
+        cli.config.overwrite or not output.exists(),
+        f"{output} exists (an earlier tuning): pass --output with another file, or --overwrite=true.",
+    )
     tuner = Tuner(cli.trainer)
     batch_size = tuner.scale_batch_size(
         cli.model,
@@ -50,15 +64,15 @@ def main(args: ArgsType = None) -> dict[str, float | int]:
         cli.model, datamodule=cli.datamodule, min_lr=1e-6, num_training=cli.config.lr_find_steps
     )
     lr = finder.suggestion() if finder is not None else None
-    if lr is None:
-        raise RuntimeError(
-            "lr_find found no clear descent in the loss curve: set model.lr, or raise --lr_find_steps."
-        )
-    output = Path(cli.config.output)
+    require(
+        lr is not None,
+        "lr_find found no clear descent in the loss curve: set model.lr, or raise --lr_find_steps.",
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     curve = Path(cli.trainer.log_dir) / "lr_find.png"  # this tuning run's folder, beside its config.yaml
     finder.plot(suggest=True).savefig(curve, dpi=100)
-    data_class = f"{type(cli.datamodule).__module__.split('.')[0]}.{type(cli.datamodule).__name__}"
+    # the class's own module: a datamodule need not be re-exported by its package for fit to import it
+    data_class = f"{type(cli.datamodule).__module__}.{type(cli.datamodule).__name__}"
     tuned = {
         "model": {"lr": float(lr)},
         "data": {"class_path": data_class, "init_args": {"batch_size": batch_size}},

@@ -11,7 +11,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LinearLR
 
 from datamodules import DigitsDataModule
-from shared.checkpoints import check_checkpoint_fits
+from shared.errors import UserError, epochs_to_train
 from shared.visuals import log_image_grid
 from systems.gan.model import Discriminator, Generator
 from systems.gan.quality import DigitsJudge, frechet_distance, train_judge, verdict
@@ -72,29 +72,29 @@ class GAN(pl.LightningModule):
         self.save_hyperparameters()
         for name, value in (("n_critic", n_critic), ("n_generator", n_generator)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
+                raise UserError(
                     f"{name} must be a positive int (batches per cycle, as 1.x's optimizer frequency), got "
                     f"{value!r}: set model.{name} to 1 or more."
                 )
         if tuple(data_range) != (-1.0, 1.0):
-            raise ValueError(
+            raise UserError(
                 f"The generator's tanh yields images in [-1, 1] but the data come in {list(data_range)}: "
                 "set data.value_range=[-1, 1] (config.yaml does)."
             )
         if loss not in ("wgan-gp", "bce"):
-            raise ValueError(f"loss must be 'wgan-gp' or 'bce', got {loss!r}.")
+            raise UserError(f"loss must be 'wgan-gp' or 'bce', got {loss!r}.")
         if min(latent_dim, width, grid_size, grid_every_n_epochs, grid_scale, judge_samples) < 1:
-            raise ValueError(
+            raise UserError(
                 "latent_dim, width, grid_size, grid_every_n_epochs, grid_scale and judge_samples must all "
                 "be 1 or more."
             )
         if lr_generator <= 0 or lr_discriminator <= 0 or not 0 < lr_decay_to <= 1:
-            raise ValueError(
+            raise UserError(
                 f"learning rates must be > 0 and lr_decay_to in (0, 1], got {lr_generator}, "
                 f"{lr_discriminator}, {lr_decay_to}."
             )
         if judge and image_shape[0] != 1:
-            raise ValueError(
+            raise UserError(
                 f"The digits judge scores grey images, these have {image_shape[0]} channels: set "
                 "model.judge=false (e.g. for CIFAR-10)."
             )
@@ -229,9 +229,12 @@ class GAN(pl.LightningModule):
             return (norms - 1).square().mean()
 
     def on_train_epoch_end(self) -> None:
-        # manual optimization: Lightning steps no scheduler; this is their one cadence, once per epoch
-        for scheduler in self.lr_schedulers():
-            scheduler.step()
+        # manual optimization: Lightning steps no scheduler; this is their one cadence, once per epoch, for
+        # each network that trained in it (an epoch of n_critic batches or fewer has no generator batch)
+        d_scheduler, g_scheduler = self.lr_schedulers()
+        d_scheduler.step()
+        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed > self.hparams.n_critic:
+            g_scheduler.step()
         last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
         if (
             (self.current_epoch + 1) % self.hparams.grid_every_n_epochs == 0
@@ -255,13 +258,8 @@ class GAN(pl.LightningModule):
             self.discriminator.parameters(), lr=self.hparams.lr_discriminator, betas=betas
         )
         g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr_generator, betas=betas)
-        epochs = self.trainer.max_epochs
-        if self.hparams.lr_decay_to < 1 and (epochs is None or epochs < 1):
-            raise ValueError(
-                "lr_decay_to < 1 decays over trainer.max_epochs, which is not set: set trainer.max_epochs, "
-                "or model.lr_decay_to=1 for constant learning rates."
-            )
-        total = max(1, epochs or 1)
+        # constant rates need no length; a decay is sized by trainer.max_epochs
+        total = epochs_to_train(self.trainer) if self.hparams.lr_decay_to < 1 else 1
         schedulers = [
             LinearLR(opt, 1.0, self.hparams.lr_decay_to, total) for opt in (d_optimizer, g_optimizer)
         ]
@@ -304,5 +302,4 @@ class GAN(pl.LightningModule):
         return self.sample(len(batch[0]))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(checkpoint, self)
         self._judge_trained = True

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.sequences import SequenceBatch, padding_mask
-from shared.checkpoints import check_checkpoint_fits
+from shared.errors import UserError, epochs_to_train
 from shared.visuals import log_text
 from systems.seq2seq.model import Decoder, Encoder, StreamState, detach_state
 
@@ -84,21 +84,21 @@ class Seq2Seq(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if vocab_size < 2:
-            raise ValueError(
+            raise UserError(
                 f"vocab_size must be at least 2, got {vocab_size}: let the CLI link it from the data."
             )
         if min(embedding_dim, hidden_size, num_layers) < 1:
-            raise ValueError(
+            raise UserError(
                 f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, "
                 f"{hidden_size} and {num_layers}: fix the model's sizes."
             )
         if truncated_bptt_steps < 1:
-            raise ValueError(
+            raise UserError(
                 f"truncated_bptt_steps must be a positive int, got {truncated_bptt_steps}: set "
                 "model.truncated_bptt_steps to the time steps per chunk (e.g. 32)."
             )
         if lr <= 0 or weight_decay < 0 or gradient_clip_val < 0 or num_examples < 0:
-            raise ValueError(
+            raise UserError(
                 f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
                 f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
                 f"num_examples={num_examples}: fix those model settings."
@@ -285,16 +285,8 @@ class Seq2Seq(pl.LightningModule):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        if self.trainer.max_epochs is None or self.trainer.max_epochs < 1:
-            raise ValueError(
-                "The cosine schedule is stepped once per epoch and needs trainer.max_epochs to size it: set "
-                "trainer.max_epochs (trainer.max_steps counts chunks, not epochs)."
-            )
-        scheduler = CosineAnnealingLR(optimizer, T_max=self.trainer.max_epochs)
+        scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(checkpoint, self)
 
 
 def format_decoding(

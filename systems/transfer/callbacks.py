@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from shared.checkpoints import read_checkpoint
+from shared.errors import UserError
 
 if TYPE_CHECKING:
     from systems.transfer.module import TransferLearner
@@ -45,9 +46,7 @@ class UnfreezeBackbone(Callback):
 
     def __init__(self, at_epoch: int, lr: float) -> None:
         if at_epoch < 1:
-            raise ValueError(
-                f"at_epoch must be 1 or more (0 means trainable from the start), got {at_epoch}."
-            )
+            raise UserError(f"at_epoch must be 1 or more (0 means trainable from the start), got {at_epoch}.")
         self.at_epoch = at_epoch
         self.lr = lr
         self.joined = False

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +10,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, WeightsEnum, get_model, get_model_weights
 
-from shared.checkpoints import state_mismatch
+from shared.checkpoints import load_file, state_mismatch
+from shared.errors import UserError
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 # The five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4.
@@ -71,7 +70,7 @@ def torchvision_weights(arch: str, name: str) -> WeightsEnum:
     available = get_model_weights(arch)
     names = [w.name for w in available]
     if name != "DEFAULT" and name not in names:
-        raise ValueError(
+        raise UserError(
             f"{arch} has no torchvision weights called {name}: use one of {', '.join(names)} or DEFAULT, "
             "or the path of a weight file."
         )
@@ -86,24 +85,17 @@ def cached_file(weights: WeightsEnum) -> Path:
 def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The backbone weights in a file: the ones ``pretrain`` exports, a Lightning checkpoint of this system,
     or a whole torchvision ResNet ``state_dict`` (whose classifier ``fc.*`` is dropped)."""
-    path = Path(path)
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(
-            f"{path} cannot be read as a weight file ({type(error).__name__}: {error}): pass a file saved "
-            "with torch.save, e.g. the backbone.pt that pretrain writes."
-        ) from error
+    content = load_file(path, what="weight file")
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         prefix = "backbone."
         content = {
             k.removeprefix(prefix): v for k, v in content["state_dict"].items() if k.startswith(prefix)
         }
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise ValueError(f"{path} holds no state_dict of tensors: pass a backbone or ResNet state_dict file.")
+        raise UserError(f"{path} holds no state_dict of tensors: pass a backbone or ResNet state_dict file.")
     state = {k: v for k, v in content.items() if not k.startswith("fc.")}
     if not state:
-        raise ValueError(f"{path} holds no backbone weights: pass a backbone or ResNet state_dict file.")
+        raise UserError(f"{path} holds no backbone weights: pass a backbone or ResNet state_dict file.")
     return state
 
 
@@ -111,7 +103,7 @@ def load_backbone_state(backbone: ResNet, state: dict[str, torch.Tensor], source
     """Copy ``state`` into ``backbone``, or say what does not fit (often the ``arch``) and change nothing."""
     details = state_mismatch(backbone.state_dict(), state)
     if details:
-        raise ValueError(
+        raise UserError(
             f"The weights in {source} do not fit a {arch} backbone ({details}): set model.arch to the ResNet "
             "that wrote them."
         )

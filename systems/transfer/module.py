@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models import WeightsEnum
 
 from datamodules.common import socket_timeout
-from shared.checkpoints import check_checkpoint_fits
+from shared.errors import UserError
 from systems.transfer.callbacks import PRETRAINED_BACKBONE, UnfreezeBackbone
 from systems.transfer.model import (
     STAGES,
@@ -95,24 +95,24 @@ class TransferLearner(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+            raise UserError(f"num_classes must be at least 2, got {num_classes}.")
         if image_shape[0] not in (1, 3) or len(mean) != image_shape[0] or len(std) != image_shape[0]:
-            raise ValueError(
+            raise UserError(
                 f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape "
                 f"{image_shape}, mean {mean}, std {std}: let the CLI link them from the datamodule."
             )
         if weights is not None and is_weight_name(weights):
             torchvision_weights(arch, weights)
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
-            raise ValueError(f"unfreeze_at_epoch must be null or 0 or more, got {unfreeze_at_epoch}.")
+            raise UserError(f"unfreeze_at_epoch must be null or 0 or more, got {unfreeze_at_epoch}.")
         if not 1 <= unfreeze_stages <= len(STAGES):
-            raise ValueError(
+            raise UserError(
                 f"unfreeze_stages must be 1 (layer4) to {len(STAGES)} (all), got {unfreeze_stages}."
             )
         if bn_policy not in ("frozen", "train"):
-            raise ValueError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}.")
+            raise UserError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}.")
         if lr <= 0 or backbone_lr <= 0 or not 0 <= dropout < 1:
-            raise ValueError(
+            raise UserError(
                 f"lr and backbone_lr must be > 0 and dropout in [0, 1), got lr={lr}, "
                 f"backbone_lr={backbone_lr}, dropout={dropout}."
             )
@@ -166,6 +166,11 @@ class TransferLearner(pl.LightningModule):
             if isinstance(module, _BatchNorm):
                 module.train(self.hparams.bn_policy == "train")
 
+    def on_train_start(self) -> None:
+        # a run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch (Lightning's
+        # rule): without this its frozen BatchNorm layers would train on the rest of the epoch
+        self.set_backbone_mode()
+
     def on_train_epoch_start(self) -> None:
         # runs after the callbacks' hook: a stage that UnfreezeBackbone has just unfrozen gets train mode
         self.set_backbone_mode()
@@ -185,7 +190,7 @@ class TransferLearner(pl.LightningModule):
             with socket_timeout(DOWNLOAD_TIMEOUT_S):
                 torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
         except (OSError, RuntimeError) as error:
-            raise FileNotFoundError(
+            raise UserError(
                 f"The torchvision weights {weights} are not in {file} and could not be downloaded (no "
                 f"network? {error}): copy that file there from a machine that has it, or pass a local weight "
                 "file with --model.weights=PATH (python -m systems.transfer.pretrain writes one)."
@@ -198,7 +203,7 @@ class TransferLearner(pl.LightningModule):
         if is_weight_name(weights):
             return torchvision_weights(self.hparams.arch, weights)
         if not Path(weights).is_file():
-            raise FileNotFoundError(
+            raise UserError(
                 f"There is no weight file at {weights}: run `python -m systems.transfer.pretrain` first "
                 f"(it writes {PRETRAINED_BACKBONE}), or pass --model.weights=PATH or a torchvision "
                 "weight name such as IMAGENET1K_V1."
@@ -233,7 +238,6 @@ class TransferLearner(pl.LightningModule):
             rank_zero_info(f"Backbone weights loaded from {self.hparams.weights}")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(checkpoint, self)
         self.weights_loaded = True
 
     # ---- the system ------------------------------------------------------------------------------------

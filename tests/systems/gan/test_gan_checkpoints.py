@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from systems.gan import GAN
 from systems.gan.train import main
+from tests.helpers import assert_same_weights, send_signal
+from tests.systems.gan.conftest import StepRecorder
 
 
 def _weights(model: GAN) -> dict[str, torch.Tensor]:
@@ -100,3 +104,68 @@ def test_resume_warns_nothing_about_an_unresumable_loader(
     _, stopped_trainer, _ = fit_recorded(*flags, *every_2, "--trainer.max_steps=2")
     fit_recorded(*flags, ckpt_path=str(Path(stopped_trainer.log_dir) / "checkpoints" / "step=2.ckpt"))
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+def test_ctrl_c_in_a_later_epoch_mid_critic_cycle_resumes_bit_identically(fast: list[str]) -> None:
+    flags = [
+        "fit",
+        *fast,
+        "--model.n_critic=2",
+        "--trainer.limit_train_batches=7",
+        "--model.lr_decay_to=0.5",
+        "--trainer.max_epochs=3",
+        "--trainer.deterministic=true",
+    ]
+    straight = main(flags)
+    with pytest.raises(SystemExit) as stop:  # epoch 1, batch 4: the critic's second batch of a cycle
+        main([*flags, send_signal("after_backward", 1, 4)])
+    assert stop.value.code == 130
+    checkpoint = next(Path("lightning_logs/gan").glob("version_1/checkpoints/interrupted.ckpt"))
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == 12  # 7 + 5 batches
+    resumed = main([*flags, f"--ckpt_path={checkpoint}"])
+    assert resumed.trainer.global_step == 21
+    assert_same_weights(resumed.model, straight.model)
+    assert [s.last_epoch for s in resumed.model.lr_schedulers()] == [3, 3]
+
+
+def epoch_lrs(cli: object) -> list[float]:
+    """The critic's and the generator's learning rates of each trained epoch, as LearningRateMonitor saw them."""
+    with open(Path(cli.trainer.log_dir) / "metrics.csv", newline="") as file:
+        rows = [r for r in csv.DictReader(file) if r.get("lr-Adam")]
+    return [float(r[name]) for r in rows for name in ("lr-Adam", "lr-Adam-1")]
+
+
+def test_extending_a_run_stretches_the_decay_over_the_new_length(fast: list[str]) -> None:
+    flags = [
+        "fit",
+        *fast,
+        "--trainer.limit_train_batches=6",
+        "--model.lr_decay_to=0.2",
+        "--trainer.callbacks+=pytorch_lightning.callbacks.LearningRateMonitor",
+        "--trainer.callbacks.logging_interval=epoch",
+    ]
+    short = main([*flags, "--trainer.max_epochs=2"])
+    last = Path(short.trainer.log_dir) / "checkpoints/last.ckpt"
+    extended = main([*flags, "--trainer.max_epochs=5", f"--ckpt_path={last}"])
+    straight = main([*flags, "--trainer.max_epochs=5"])
+    assert epoch_lrs(extended) == pytest.approx(epoch_lrs(straight)[4:])
+    assert [s.total_iters for s in extended.model.lr_schedulers()] == [5, 5]
+
+
+def test_n_critic_given_with_the_checkpoint_takes_effect(fast: list[str]) -> None:
+    flags = ["fit", *fast, "--trainer.limit_train_batches=8"]
+    first = main([*flags, "--trainer.max_epochs=1"])
+    last = Path(first.trainer.log_dir) / "checkpoints/last.ckpt"
+    recorder = "--trainer.callbacks+=tests.systems.gan.conftest.StepRecorder"
+    resumed = main([*flags, "--trainer.max_epochs=2", "--model.n_critic=3", recorder, f"--ckpt_path={last}"])
+    steps = next(c for c in resumed.trainer.callbacks if isinstance(c, StepRecorder))
+    assert resumed.model.hparams.n_critic == 3 and steps.trace == "DDDGDDDG"
+    recorded = yaml.safe_load((Path(resumed.trainer.log_dir) / "config.yaml").read_text())
+    assert recorded["model"]["n_critic"] == 3
+
+
+def test_fast_dev_run_steps_no_scheduler_before_its_optimizer(
+    fast: list[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    main(["fit", *fast, "--model.lr_decay_to=0.5", "--trainer.fast_dev_run=1"])
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

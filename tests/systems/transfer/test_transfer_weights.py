@@ -17,10 +17,11 @@ from torchvision.models import ResNet18_Weights
 
 import systems.transfer.module as transfer_module
 from datamodules import DigitsDataModule
+from shared.errors import UserError
 from systems.transfer import TransferLearner
 from systems.transfer.model import build_backbone, cached_file, read_backbone_state
 from systems.transfer.train import main as train
-from tests.helpers import QUIET
+from tests.helpers import QUIET, refused
 
 SIZE = 16
 
@@ -60,7 +61,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 def test_torchvision_name_offline_fails_fast_with_the_fix(offline: Path) -> None:
     model = make_model(weights="IMAGENET1K_V1")
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(UserError) as error:
         model.load_pretrained()
     assert time.monotonic() - start < 5
     message = str(error.value)
@@ -69,10 +70,12 @@ def test_torchvision_name_offline_fails_fast_with_the_fix(offline: Path) -> None
     assert message.count(". ") == 0  # one sentence
 
 
-def test_torchvision_name_offline_stops_the_cli_within_seconds(offline: Path) -> None:
+def test_torchvision_name_offline_stops_the_cli_within_seconds(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError, match="could not be downloaded"):
-        train(["fit", *QUIET, "--model.weights=IMAGENET1K_V1", "--trainer.max_epochs=1"])
+    err = refused(capsys, train, ["fit", *QUIET, "--model.weights=IMAGENET1K_V1", "--trainer.max_epochs=1"])
+    assert "could not be downloaded" in err
     assert time.monotonic() - start < 20  # building the CLI included; the network part fails at once
     assert not Path("lightning_logs").exists()
 
@@ -114,7 +117,7 @@ def test_a_stalled_download_is_bounded_by_the_socket_timeout(
     monkeypatch.setattr(transfer_module, "DOWNLOAD_TIMEOUT_S", 1.0)
     model = make_model(weights="IMAGENET1K_V1")
     start = time.monotonic()
-    with pytest.raises(FileNotFoundError, match=r"could not be downloaded .*timed out"):
+    with pytest.raises(UserError, match=r"could not be downloaded .*timed out"):
         model.load_pretrained()
     assert time.monotonic() - start < 10
     assert socket.getdefaulttimeout() is None  # the bound is lifted again afterwards
@@ -152,16 +155,30 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     torch.save(random_resnet18_state(3), tmp_path / "backbone.pt")
     model = make_model(arch="resnet50", weights=str(tmp_path / "backbone.pt"))
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    with pytest.raises(ValueError, match=r"do not fit a resnet50 backbone .*set model\.arch"):
+    with pytest.raises(UserError, match=r"do not fit a resnet50 backbone .*set model\.arch"):
         model.load_pretrained()
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
     (tmp_path / "junk.pt").write_bytes(b"not a weight file")
-    with pytest.raises(ValueError, match="cannot be read as a weight file"):
+    with pytest.raises(
+        UserError, match=r"junk\.pt is not a weight file: it is not a file that torch\.save writes"
+    ):
         read_backbone_state(tmp_path / "junk.pt")
 
 
+class _Payload:
+    def __reduce__(self) -> tuple:
+        return (print, ("this must never run",))
+
+
+def test_a_weight_file_with_code_in_it_is_refused_without_advice_to_run_it(tmp_path: Path) -> None:
+    torch.save({"conv1.weight": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError) as error:
+        read_backbone_state(tmp_path / "evil.pt")
+    assert "holds Python objects" in str(error.value) and "weights_only" not in str(error.value)
+
+
 def test_missing_file_says_run_pretrain_first() -> None:
-    with pytest.raises(FileNotFoundError, match=r"run `python -m systems.transfer.pretrain` first"):
+    with pytest.raises(UserError, match=r"run `python -m systems.transfer.pretrain` first"):
         make_model(weights="lightning_logs/transfer/pretrain/backbone.pt").load_pretrained()
 
 
