@@ -112,6 +112,12 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def _first_process() -> bool:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 @contextmanager
 def reported(on_bad_input: Callable[[], None] = lambda: None) -> Iterator[None]:
     """Turn what ends a command early into its message and exit status (see the module's table); a bug keeps
@@ -125,5 +131,6 @@ def reported(on_bad_input: Callable[[], None] = lambda: None) -> Iterator[None]:
         status, message = result
         if status == BAD_INPUT:
             on_bad_input()
-        print(message, file=sys.stderr, flush=True)
+        if not isinstance(error, Interrupted) or _first_process():  # under DDP every process stops
+            print(message, file=sys.stderr, flush=True)
         raise SystemExit(status) from None
