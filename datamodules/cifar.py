@@ -10,7 +10,8 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
+from datamodules.common import ImageDataModule, seeded_split, to_images
+from shared.downloads import fetch_or_explain
 from shared.errors import UserError, require
 
 
@@ -102,11 +103,11 @@ class CIFAR10DataModule(ImageDataModule):
         """Download once per node; offline, fail with one sentence instead of a stack of retries."""
         if not self._files_present():
             fetch_or_explain(
-                self.download,
-                self.download_timeout,
                 lambda: CIFAR10(self.data_dir, train=True, download=True),
                 self._missing_error,
                 self.folder,
+                self.download_timeout,
+                self.download,
             )
 
     def _split(self, train: bool) -> Dataset:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import socket
 from collections.abc import Callable, Iterator, Sequence, Sized
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -37,17 +34,6 @@ class EpochSeededRandomSampler(RandomSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
-
-
-@contextmanager
-def socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every connect and read of a download, so that a closed network fails fast instead of hanging."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 class EpochSequentialSampler(SequentialSampler):
@@ -103,29 +89,6 @@ class ResumableDataLoader(DataLoader):
                 self.stop_point()
             self._served += 1
             yield batch
-
-
-def fetch_or_explain(
-    download: bool,
-    timeout: float,
-    fetch: Callable[[], None],
-    missing: Callable[[str], Exception],
-    folder: Path,
-) -> None:
-    """Run ``fetch`` (a torchvision download into ``folder``) with every connection bounded by ``timeout``
-    seconds; when downloading is off or fails, raise ``missing(reason)``, one sentence that names the fix,
-    and remove the folders the attempt made (a failed download leaves no empty ``data/MNIST/raw``)."""
-    if not download:
-        raise missing("download is off (data.download=false)")
-    made = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        with socket_timeout(timeout):
-            fetch()
-    except (OSError, RuntimeError) as error:
-        for path in made:  # deepest first
-            if path.is_dir() and not any(path.iterdir()):
-                path.rmdir()
-        raise missing(f"it could not be downloaded (no network? {error})") from None
 
 
 def check_loader_arguments(batch_size: int, num_workers: int) -> None:

@@ -12,7 +12,8 @@ from typing import Literal
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.common import ImageDataModule, fetch_or_explain, seeded_split, to_images
+from datamodules.common import ImageDataModule, seeded_split, to_images
+from shared.downloads import fetch_or_explain
 from shared.errors import UserError, require
 
 _DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
@@ -96,7 +97,7 @@ class MNISTDataModule(ImageDataModule):
             for train in (True, False):
                 _DATASETS[self.dataset](self.data_dir, train=train, download=True)
 
-        fetch_or_explain(self.download, self.download_timeout, fetch, self._missing_error, self.raw_folder)
+        fetch_or_explain(fetch, self._missing_error, self.raw_folder, self.download_timeout, self.download)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

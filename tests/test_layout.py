@@ -1,4 +1,4 @@
-"""The anatomy every system promises (DESIGN.md): plain-torch models, no system importing another."""
+"""The anatomy every system promises (the top README): plain-torch models, no system importing another."""
 
 from __future__ import annotations
 

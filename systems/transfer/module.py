@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.models import WeightsEnum
 
-from datamodules.common import socket_timeout
+from shared.downloads import socket_timeout
 from shared.errors import UserError
 from systems.transfer.callbacks import PRETRAINED_BACKBONE, UnfreezeBackbone
 from systems.transfer.model import (
