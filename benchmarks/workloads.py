@@ -163,31 +163,24 @@ def _classifier_plain(
     precision: Precision,
     windows: Windows,
 ) -> list[torch.Tensor]:
-    """``Classifier.training_step`` and its AdamW + per-step cosine schedule, without the Trainer."""
-    module = module.to(device)
-    net = module.net
+    """``systems/classifier/plain.py``'s loop on the LightningModule's own network and settings."""
+    from systems.classifier.plain import train
+
+    net = module.to(device).net
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=module.hparams.lr, weight_decay=module.hparams.weight_decay
+    hparams = module.hparams
+    return train(
+        net,
+        batches,
+        device=device,
+        num_classes=hparams.num_classes,
+        lr=hparams.lr,
+        weight_decay=hparams.weight_decay,
+        total_steps=windows.total_steps,
+        autocast_dtype=precision.autocast_dtype,
+        on_step=windows.tick,
     )
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=windows.total_steps)
-    scaling = GradScaling(precision, device)
-    losses = []
-    net.train()
-    for x, y in batches:
-        x, y = to_device((x, y), device, precision.channels_last)
-        with precision.autocast(device):
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-        module.train_acc(logits, y)  # the step's own bookkeeping counts as the step's work, as in Lightning
-        optimizer.zero_grad(set_to_none=True)
-        scaling.backward(loss)
-        scaling.step(optimizer)
-        schedule.step()
-        losses.append(loss.detach())
-        windows.tick()
-    return losses
 
 
 CLASSIFIER = Workload(

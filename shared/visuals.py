@@ -9,12 +9,15 @@ where nothing is written (other ranks, the sanity check, or ``fast_dev_run``, wh
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
-from matplotlib.figure import Figure
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid, save_image
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn, not by every system
+    from matplotlib.figure import Figure
 
 
 def _epoch_file(trainer: pl.Trainer, tag: str, suffix: str) -> Path | None:

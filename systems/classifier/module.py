@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from shared.errors import UserError, epochs_to_train, require
+from shared.errors import epochs_to_train, require
 from shared.visuals import log_figure
 from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class Classifier(pl.LightningModule):
@@ -55,19 +57,16 @@ class Classifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # what the argument types cannot say
         require(num_classes >= 2, f"num_classes must be 2 or more, got {num_classes}.")
         require(width >= 1, f"model.width must be 1 or more, got {width}.")
-        if len(mean) != image_shape[0] or len(std) != image_shape[0]:
-            raise UserError(
-                f"mean {mean} and std {std} need one value per channel ({image_shape[0]}): "
-                "let the CLI link them from the datamodule, or give one per channel."
-            )
-        if lr <= 0 or not 0 <= dropout < 1:
-            raise UserError(f"lr must be > 0 and dropout in [0, 1), got lr={lr}, dropout={dropout}.")
-        if normalization not in ("type_as", "buffer"):
-            raise UserError(f"normalization must be 'type_as' or 'buffer', got {normalization!r}.")
-        if scheduler_interval not in ("epoch", "step"):
-            raise UserError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}.")
+        require(lr > 0, f"model.lr must be > 0, got {lr}.")
+        require(0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout}.")
+        require(
+            len(mean) == len(std) == image_shape[0],
+            f"mean {mean} and std {std} need one value per channel ({image_shape[0]}): let the CLI link them "
+            "from the datamodule, or give one per channel.",
+        )
         normalize = TypeAsNormalize(mean, std) if normalization == "type_as" else BufferNormalize(mean, std)
         self.net = ConvNet(normalize, image_shape[0], num_classes, width, dropout)
         self.train_acc = MulticlassAccuracy(num_classes)
@@ -100,18 +99,30 @@ class Classifier(pl.LightningModule):
                 rank_zero_warn(f"Non-finite loss at epoch {self.current_epoch}, batch {batch_idx}: skipped.")
                 # 1.x and 2.x agree: returning None skips backward and the optimizer step for this batch
                 return None
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self._record("train", logits, y, loss)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.val_acc(logits, y)
-        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self._record("val", logits, y, F.cross_entropy(logits, y))
         self.val_outputs.append((logits.argmax(dim=1), y))
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self._record("test", logits, y, F.cross_entropy(logits, y))
+
+    def _record(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """What train, validation and test log alike: the loss and the accuracy as epoch means (and the
+        training loss per step too); evaluation losses are averaged over all processes."""
+        accuracy = getattr(self, f"{stage}_acc")
+        accuracy(logits, y)
+        training = stage == "train"
+        self.log(
+            f"{stage}/loss", loss, on_step=training, on_epoch=True, prog_bar=training, sync_dist=not training
+        )
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
     def on_validation_epoch_end(self) -> None:
         preds = torch.cat([p for p, _ in self.val_outputs])
@@ -123,13 +134,6 @@ class Classifier(pl.LightningModule):
         png = log_figure(self.trainer, "val/confusion_matrix", confusion_figure(self.confusion_matrix))
         if png is not None:  # the counts beside the picture, for scripts
             np.savetxt(png.with_suffix(".csv"), self.confusion_matrix.numpy(), fmt="%d", delimiter=",")
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.test_acc(logits, y)
-        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
-        self.log("test/acc", self.test_acc)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities for a batch of images (a bare tensor or an ``(images, labels)`` pair)."""
@@ -155,17 +159,11 @@ class Classifier(pl.LightningModule):
 
 
 def confusion_figure(matrix: torch.Tensor) -> Figure:
-    """Rows are true classes, columns predicted ones; each cell shows its count."""
-    figure = Figure(figsize=(5, 4.5))
-    axes = figure.subplots()
-    image = axes.imshow(matrix.numpy(), cmap="Blues")
-    figure.colorbar(image, ax=axes)
-    n = matrix.shape[0]
-    axes.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
-    for row in range(n):
-        for col in range(n):
-            count = int(matrix[row, col])
-            color = "white" if count > matrix.max() / 2 else "black"
-            axes.text(col, row, count, ha="center", va="center", fontsize=7, color=color)
+    """Rows are true classes, columns predicted ones, each cell its count: drawn by torchmetrics."""
+    from matplotlib.figure import Figure
+    from torchmetrics.utilities.plot import plot_confusion_matrix
+
+    figure, axes = plot_confusion_matrix(matrix, ax=Figure(figsize=(5, 4.5)).subplots())
+    axes.set(xlabel="predicted", ylabel="true")
     axes.set_title(f"validation: {int(matrix.diagonal().sum())} of {int(matrix.sum())} right")
     return figure

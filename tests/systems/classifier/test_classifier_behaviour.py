@@ -262,3 +262,10 @@ def test_bad_hyperparameters_are_refused_with_the_fix() -> None:
 def test_the_default_run_learns_digits() -> None:
     cli = main(["fit", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.callback_metrics["test/acc"] >= 0.95
+
+
+def test_the_plain_loop_runs_on_its_own_and_learns() -> None:
+    """``plain.py``: the same training without Lightning (its agreement with the module: the benchmarks)."""
+    from systems.classifier.plain import main as plain_main
+
+    assert plain_main(epochs=3) >= 0.9
