@@ -381,44 +381,28 @@ def _gan_plain(
     precision: Precision,
     windows: Windows,
 ) -> list[torch.Tensor]:
-    """``GAN.training_step`` without the Trainer: the 1.x cycle of critic and generator batches, the other
-    network switched off around each step (what ``toggle_optimizer`` does), the same random draws."""
-    module = module.to(device).train()
+    """``systems/gan/plain.py``'s loop on the LightningModule's own networks and settings."""
+    from systems.gan.plain import train
+
+    module = module.to(device)
     if precision.channels_last:
         module = module.to(memory_format=torch.channels_last)
     hparams = module.hparams
-    generator, critic = module.generator, module.discriminator
-    betas = tuple(hparams.betas)
-    d_optimizer = torch.optim.Adam(critic.parameters(), lr=hparams.lr_discriminator, betas=betas)
-    g_optimizer = torch.optim.Adam(generator.parameters(), lr=hparams.lr_generator, betas=betas)
-    scaling = GradScaling(precision, device)
-    losses = []
-    for batch_idx, batch in enumerate(batches):
-        real = to_device(batch[0], device, precision.channels_last)
-        n = real.shape[0]
-        if module.is_critic_batch(batch_idx):
-            generator.requires_grad_(False)
-            with precision.autocast(device):
-                with torch.no_grad():
-                    fake = generator(torch.randn(n, hparams.latent_dim, device=device))
-                real_scores, fake_scores = critic(real), critic(fake)
-                penalty = module.gradient_penalty(real, fake)
-                loss = fake_scores.mean() - real_scores.mean() + hparams.gp_weight * penalty
-            d_optimizer.zero_grad()
-            scaling.backward(loss)
-            scaling.step(d_optimizer)
-            generator.requires_grad_(True)
-        else:
-            critic.requires_grad_(False)
-            with precision.autocast(device):
-                loss = -critic(generator(torch.randn(n, hparams.latent_dim, device=device))).mean()
-            g_optimizer.zero_grad()
-            scaling.backward(loss)
-            scaling.step(g_optimizer)
-            critic.requires_grad_(True)
-        losses.append(loss.detach())
-        windows.tick()
-    return losses
+    return train(
+        module.generator,
+        module.discriminator,
+        enumerate(batches),  # one epoch: batch_idx counts from 0, as in the Trainer
+        device=device,
+        latent_dim=hparams.latent_dim,
+        n_critic=hparams.n_critic,
+        n_generator=hparams.n_generator,
+        gp_weight=hparams.gp_weight,
+        lr_generator=hparams.lr_generator,
+        lr_discriminator=hparams.lr_discriminator,
+        betas=tuple(hparams.betas),
+        autocast_dtype=precision.autocast_dtype,
+        on_step=windows.tick,
+    )
 
 
 GAN_WORKLOAD = Workload(

@@ -80,3 +80,19 @@ class Discriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(images)).squeeze(1)
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """``E[(|grad_x D(x)| - 1)^2]`` at random points between real and fake images (WGAN-GP), in fp32.
+
+    Autocast is switched off here: under fp16 autocast the critic's input gradients can underflow to 0 or
+    overflow fp16's 65504 (a GradScaler scales the loss, not this inner ``autograd.grad``), and the double
+    backward through them doubles the risk. The other critic passes still run in mixed precision.
+    """
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+        points = (alpha * real.float() + (1 - alpha) * fake.float()).requires_grad_(True)
+        (grads,) = torch.autograd.grad(critic(points).sum(), points, create_graph=True)
+        # the small constant keeps the norm's gradient finite where an input gradient is exactly zero
+        norms = (grads.flatten(1).square().sum(1) + 1e-12).sqrt()
+        return (norms - 1).square().mean()

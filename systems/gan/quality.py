@@ -1,4 +1,4 @@
-"""Plain torch: an offline sample-quality score, a small frozen digits "judge" and what it measures.
+"""The GAN's sample-quality score: a small frozen digits "judge", what it measures, the callback that logs it.
 
 There is no Inception network offline, so a classifier of the bundled 8x8 digits plays its part: the
 Fréchet distance between real and generated images in the judge's hidden features (FID's recipe in a
@@ -8,9 +8,15 @@ the Inception-score-like ``exp(E[KL(p(y|x) || p(y))])`` that combines both, from
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.callbacks import Callback
 from torch import nn
+
+from datamodules import DigitsDataModule
 
 
 class DigitsJudge(nn.Module):
@@ -93,3 +99,50 @@ def verdict(probs: torch.Tensor, min_share: float = 0.05) -> dict[str, torch.Ten
         "judge_confidence": probs.max(1).values.mean(),
         "judge_classes": (votes >= min_share).sum().double(),
     }
+
+
+class SampleQuality(Callback):
+    """At every validation, score ``samples`` generated images against the real validation images and log
+    ``val/fd`` (lower is better; the checkpoint callback keeps the best), ``val/judge_score``,
+    ``val/judge_confidence`` and ``val/judge_classes``.
+
+    The judge is trained once when the run starts (about a second, seeded, in a forked random state so the
+    GAN's noise is untouched). The generated images come from fixed latents of a private generator: the
+    same every time, and the global random state is left alone. Under DDP each process sees its own shard
+    of the real images; they are gathered, so every process computes the same scores.
+    """
+
+    def __init__(self, samples: int = 512) -> None:
+        self.samples = samples
+        self.judge: DigitsJudge | None = None
+        self.real: list[torch.Tensor] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.judge is None:
+            digits = DigitsDataModule(value_range=(-1.0, 1.0))
+            digits.setup()
+            pairs = [digits.train_set[i] for i in range(len(digits.train_set))]
+            images, labels = (torch.stack(column) for column in zip(*pairs, strict=True))
+            self.judge = train_judge(images, labels)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.judge.to(pl_module.device)
+        self.real.clear()
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self.real.append(self.judge.features(batch[0]).float())
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.real:
+            return
+        real = pl_module.all_gather(torch.cat(self.real)).flatten(0, -2)
+        self.real.clear()
+        fake = pl_module.sample(self.samples, generator=torch.Generator().manual_seed(1))
+        fake_features = self.judge.features(fake).float()
+        scores = {"fd": frechet_distance(fake_features, real)}
+        scores.update(verdict(self.judge.head(fake_features).softmax(1)))
+        # every process computed the same scores from the gathered features: syncing only averages equals
+        pl_module.log_dict({f"val/{name}": value.float() for name, value in scores.items()}, sync_dist=True)

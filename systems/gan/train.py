@@ -11,7 +11,7 @@ from systems.gan.module import GAN
 
 CONFIG = Path(__file__).with_name("config.yaml")
 # datamodule fact -> GAN argument
-LINKS = {"dims": "image_shape", "value_range": "data_range"}
+LINKS = {"dims": "image_shape"}
 
 
 def main(args: ArgsType = None, run: bool = True) -> SystemCLI:

@@ -39,7 +39,7 @@ def nothing_written() -> bool:
         (classifier, ["--lr_scheduler=StepLR"], "unrecognized arguments: --lr_scheduler=StepLR"),
         (seq2seq, ["--model.vocab_size=1"], 'Linked "model.vocab_size" must be given via "data.vocab_size"'),
         (seq2seq, ["--data.vocab_size=1"], "data.vocab_size must be 2 or more, got 1"),
-        (gan, ["--model.n_critic=0"], "n_critic must be a positive int"),
+        (gan, ["--model.n_critic=0"], "model.n_critic and model.n_generator must be 1 or more"),
     ],
 )
 def test_a_bad_value_is_one_sentence_with_nothing_written(

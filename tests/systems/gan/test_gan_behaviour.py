@@ -9,8 +9,9 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from shared.errors import UserError
 from systems.gan import GAN
-from systems.gan.model import Discriminator, Generator
+from systems.gan.model import Discriminator, Generator, gradient_penalty
 
 # Lightning 1.9.5 with ({'optimizer': d, 'frequency': n_critic}, {'optimizer': g, 'frequency': n_generator}),
 # 20 batches (one epoch of the digits default: 1,258 training images in batches of 64)
@@ -68,7 +69,7 @@ def test_gradient_penalty_is_fp32_and_finite_under_cpu_autocast() -> None:
     real, fake = torch.rand(8, 1, 8, 8) * 2 - 1, torch.rand(8, 1, 8, 8) * 2 - 1
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.discriminator(real).dtype == torch.bfloat16
-        penalty = model.gradient_penalty(real, fake.bfloat16())
+        penalty = gradient_penalty(model.discriminator, real, fake.bfloat16())
     assert penalty.dtype == torch.float32
     assert torch.isfinite(penalty)
 
@@ -124,21 +125,16 @@ def test_an_epoch_too_short_for_a_generator_step_is_warned(fit_recorded) -> None
     assert recorder.trace == "DDD" * 2
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
-def test_frequencies_must_be_positive_ints(bad: object) -> None:
-    with pytest.raises(ValueError, match="n_critic must be a positive int"):
+@pytest.mark.parametrize("bad", [0, -1])
+def test_frequencies_must_be_positive(bad: int) -> None:
+    with pytest.raises(UserError, match=r"model\.n_critic and model\.n_generator must be 1 or more"):
         GAN(n_critic=bad)
-    with pytest.raises(ValueError, match="n_generator must be a positive int"):
+    with pytest.raises(UserError, match=r"model\.n_critic and model\.n_generator must be 1 or more"):
         GAN(n_generator=bad)
 
 
-def test_data_in_another_range_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"set data.value_range=\[-1, 1\]"):
-        GAN(data_range=(0.0, 1.0))
-
-
 def test_the_judge_refuses_colour_images() -> None:
-    with pytest.raises(ValueError, match=r"set model\.judge=false"):
+    with pytest.raises(UserError, match=r"set model\.judge=false"):
         GAN(image_shape=(3, 32, 32))
 
 

@@ -1,0 +1,97 @@
+"""The GAN's training without Lightning: ``python -m systems.gan.plain``.
+
+``train`` is the loop the Trainer runs for ``GAN`` (``module.py``): each batch goes to the critic or to the
+generator in 1.x's frequency order, the other network is switched off around the step (what
+``toggle_optimizer`` does), and mixed precision is what ``Trainer(precision=...)`` adds. The benchmarks
+time both and check that they end with the same weights (``benchmarks/parity.py``). What the
+LightningModule adds beyond this loop: the learning-rate decay, the image grids and the sample score,
+checkpoints that resume mid-cycle, logging, devices and processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from systems.gan.model import gradient_penalty
+
+
+def train(
+    generator: nn.Module,
+    critic: nn.Module,
+    batches: Iterable[tuple[int, tuple[torch.Tensor, ...]]],
+    *,
+    device: torch.device,
+    latent_dim: int,
+    n_critic: int = 5,
+    n_generator: int = 1,
+    gp_weight: float = 10.0,
+    lr_generator: float = 5e-4,
+    lr_discriminator: float = 5e-4,
+    betas: tuple[float, float] = (0.5, 0.9),
+    autocast_dtype: torch.dtype | None = None,
+    on_step: Callable[[], None] = lambda: None,
+) -> list[torch.Tensor]:
+    """WGAN-GP on ``(batch_idx, batch)`` pairs, ``batch_idx`` counted within each epoch; each batch's loss."""
+    generator.to(device).train()
+    critic.to(device).train()
+    d_optimizer = torch.optim.Adam(critic.parameters(), lr=lr_discriminator, betas=betas)
+    g_optimizer = torch.optim.Adam(generator.parameters(), lr=lr_generator, betas=betas)
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    losses = []
+    for batch_idx, batch in batches:
+        real = batch[0].to(device, non_blocking=True)
+        z = torch.randn(real.shape[0], latent_dim, device=device)
+        critic_batch = batch_idx % (n_critic + n_generator) < n_critic  # 1.x's frequency order
+        optimizer, other = (d_optimizer, generator) if critic_batch else (g_optimizer, critic)
+        other.requires_grad_(False)  # what toggle_optimizer does: no gradient for the other network
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            if critic_batch:
+                with torch.no_grad():
+                    fake = generator(z)
+                real_scores, fake_scores = critic(real), critic(fake)
+                loss = (
+                    fake_scores.mean() - real_scores.mean() + gp_weight * gradient_penalty(critic, real, fake)
+                )
+            else:
+                loss = -critic(generator(z)).mean()
+        optimizer.zero_grad()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:  # float16: scale the loss so small gradients survive, unscale before the step
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        other.requires_grad_(True)
+        losses.append(loss.detach())
+        on_step()
+    return losses
+
+
+def main(epochs: int = 20, batch_size: int = 64) -> list[torch.Tensor]:
+    """Train on scikit-learn's bundled 8x8 digits in [-1, 1]; print how the critic's loss moved."""
+    from sklearn.datasets import load_digits
+
+    from systems.gan.model import Discriminator, Generator
+
+    torch.manual_seed(42)
+    images = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 8.0 - 1.0
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size, shuffle=True)
+    generator, critic = Generator(64, (1, 8, 8), 32), Discriminator((1, 8, 8), 32)
+    # the cycle restarts with every epoch, as in 1.x: batch_idx counts within the epoch
+    batches = ((batch_idx, batch) for _ in range(epochs) for batch_idx, batch in enumerate(loader))
+    losses = train(generator, critic, batches, device=torch.device("cpu"), latent_dim=64)
+    critic = [loss.item() for i, loss in enumerate(losses) if i % len(loader) % 6 < 5]
+    per_epoch = len(critic) // epochs
+    print(
+        f"{len(losses)} batches; the critic's loss, mean of the first epoch {sum(critic[:per_epoch]) / per_epoch:+.2f}, "
+        f"of the last {sum(critic[-per_epoch:]) / per_epoch:+.2f}"
+    )
+    return losses
+
+
+if __name__ == "__main__":
+    main()
