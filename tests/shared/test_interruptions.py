@@ -154,3 +154,39 @@ def test_a_resumed_run_can_be_stopped_again_in_the_epoch_it_resumed() -> None:
     assert torch.load(second, weights_only=True)["global_step"] == 8
     resumed = main([*RUN, f"--ckpt_path={second}"])
     assert_same_weights(resumed.model, straight.model)
+
+
+def test_the_resume_pieces_work_in_a_plain_trainer(tmp_path: Path) -> None:
+    """Without SystemCLI: the callbacks and the checkpoint writer that the README's "Copying a system"
+    names, in a Trainer of one's own, resume a Ctrl-C'd run exactly."""
+    import pytorch_lightning as pl
+
+    from datamodules import DigitsDataModule
+    from shared.callbacks import GracefulStop, LastCheckpoint, RandomStateCallback
+    from shared.checkpoints import WholeFileCheckpointIO
+    from shared.errors import Interrupted
+    from systems.classifier import Classifier
+    from tests.helpers import SendSignal
+
+    def fit(folder: str, *callbacks: pl.Callback, ckpt_path: str | None = None) -> Classifier:
+        pl.seed_everything(0)
+        model = Classifier()
+        trainer = pl.Trainer(
+            default_root_dir=tmp_path / folder,
+            max_epochs=2,
+            limit_train_batches=5,
+            limit_val_batches=2,
+            deterministic=True,
+            logger=False,
+            enable_progress_bar=False,
+            plugins=[WholeFileCheckpointIO()],
+            callbacks=[RandomStateCallback(), LastCheckpoint(), GracefulStop(), *callbacks],
+        )
+        trainer.fit(model, datamodule=DigitsDataModule(), ckpt_path=ckpt_path)
+        return model
+
+    straight = fit("straight")
+    with pytest.raises(Interrupted) as stop:
+        fit("stopped", SendSignal("after_backward", 1, 2))
+    assert stop.value.saved and Path(stop.value.saved).is_file()
+    assert_same_weights(fit("resumed", ckpt_path=stop.value.saved), straight)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,29 +26,6 @@ def test_fast_dev_run_through_the_real_command_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout  # fit, then the closing test
     assert not list(tmp_path.glob("lightning_logs/**/*.ckpt"))  # fast_dev_run writes no checkpoints
-
-
-def test_a_copy_of_the_folder_with_shared_and_datamodules_runs_on_its_own(tmp_path: Path) -> None:
-    project = tmp_path / "my_project"
-    (project / "systems").mkdir(parents=True)
-    shutil.copy(ROOT / "systems" / "__init__.py", project / "systems")
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "systems" / "classifier", project / "systems" / "classifier", ignore=ignore)
-    for package in ("shared", "datamodules"):
-        shutil.copytree(ROOT / package, project / package, ignore=ignore)
-    check = (
-        "import sys, systems.classifier.train as t, shared, datamodules;"
-        "paths = [m.__file__ for m in (t, shared, datamodules)];"
-        "assert all(p.startswith(sys.argv[1]) for p in paths), paths;"
-        "sys.argv = ['train', 'fit', '--trainer.fast_dev_run=true'];"
-        "t.main()"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", check, str(project)], cwd=project, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "test/acc" in result.stdout
 
 
 def test_tune_writes_a_config_that_fit_reads() -> None:
