@@ -39,12 +39,16 @@ class GAN(pl.LightningModule):
         lr_generator: Adam learning rate of the generator.
         lr_discriminator: Adam learning rate of the critic.
         betas: Adam betas of both (the WGAN-GP paper used (0, 0.9), DCGAN (0.5, 0.999)).
-        lr_decay_to: both learning rates fall linearly to this fraction by the last epoch (1 keeps them);
-            each scheduler is stepped by hand once at the end of every training epoch.
+        lr_decay_to: both learning rates fall linearly to this fraction by the last epoch (1 keeps them).
+        scheduler_cadence: when the two schedulers step, by hand at an epoch's end. ``every_epoch``: both,
+            every epoch (the generator's only in epochs that had a generator batch), so a decay means what it
+            says. ``lightning_1x``: as Lightning 1.9.5 did with optimizer frequencies, only the scheduler of
+            the optimizer active at the epoch's last batch, counted over all epochs (``total_batch_idx``).
         grid_size: number of fixed latent vectors drawn into the image grid.
         grid_every_n_epochs: draw the grid after every N-th training epoch (and after the last).
         grid_scale: each image pixel becomes ``grid_scale`` x ``grid_scale`` pixels in the PNG.
-        judge: score the samples at each validation (``quality.SampleQuality``).
+        judge: score the samples at each validation with a judge trained on the data's own labelled images
+            (``quality.SampleQuality``).
         judge_samples: generated images scored at each validation.
     """
 
@@ -61,6 +65,7 @@ class GAN(pl.LightningModule):
         lr_discriminator: float = 5e-4,
         betas: tuple[float, float] = (0.5, 0.9),
         lr_decay_to: float = 1.0,
+        scheduler_cadence: Literal["every_epoch", "lightning_1x"] = "every_epoch",
         grid_size: int = 64,
         grid_every_n_epochs: int = 10,
         grid_scale: int = 4,
@@ -70,7 +75,7 @@ class GAN(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # what the argument types cannot say
-        channels, height, side = image_shape
+        _, height, side = image_shape
         require(height == side >= 4, f"The GAN needs square images of 4 px or more, got {height}x{side}.")
         sizes = (latent_dim, width, grid_size, grid_every_n_epochs, grid_scale, judge_samples)
         require(min(n_critic, n_generator) >= 1, "model.n_critic and model.n_generator must be 1 or more.")
@@ -78,10 +83,6 @@ class GAN(pl.LightningModule):
         require(
             min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1,
             "model.lr_generator and model.lr_discriminator must be > 0, model.lr_decay_to in (0, 1].",
-        )
-        require(
-            not judge or channels == 1,
-            f"The digits judge scores grey images, these have {channels} channels: set model.judge=false.",
         )
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, image_shape, width)
@@ -164,12 +165,17 @@ class GAN(pl.LightningModule):
         return [d_optimizer, g_optimizer], schedulers  # 1.x's order: the critic first
 
     def on_train_epoch_end(self) -> None:
-        # manual optimization: Lightning steps no scheduler; this is their one cadence, once per epoch, for
-        # each network that trained in it (an epoch of n_critic batches or fewer has no generator batch)
+        # manual optimization: Lightning steps no scheduler; this is their one cadence, at an epoch's end
         d_scheduler, g_scheduler = self.lr_schedulers()
-        d_scheduler.step()
-        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed > self.hparams.n_critic:
-            g_scheduler.step()
+        if self.hparams.scheduler_cadence == "lightning_1x":
+            # 1.9.5 (PR #4868) stepped an epoch-interval scheduler only for the optimizer active at the
+            # epoch's last batch, "active" counted over all epochs, not within the epoch as the batches are
+            last_batch = self.trainer.fit_loop.epoch_loop.total_batch_idx
+            (d_scheduler if self.is_critic_batch(last_batch) else g_scheduler).step()
+        else:  # both, for each network that trained (an epoch of n_critic batches or fewer has no G batch)
+            d_scheduler.step()
+            if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed > self.hparams.n_critic:
+                g_scheduler.step()
         last = self.trainer.max_epochs is not None and self.current_epoch + 1 >= self.trainer.max_epochs
         if (
             (self.current_epoch + 1) % self.hparams.grid_every_n_epochs == 0

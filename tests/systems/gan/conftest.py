@@ -73,10 +73,12 @@ def fast() -> list[str]:
 def fit_recorded() -> Callable[..., tuple[pl.LightningModule, pl.Trainer, StepRecorder]]:
     """Build the GAN through the CLI with ``flags`` (after ``FAST``); fit it with a ``StepRecorder`` on."""
 
-    def fit(*flags: str, ckpt_path: str | None = None) -> tuple[GAN, pl.Trainer, StepRecorder]:
+    def fit(
+        *flags: str, ckpt_path: str | None = None, callbacks: list[pl.Callback] = ()
+    ) -> tuple[GAN, pl.Trainer, StepRecorder]:
         cli = main([*FAST, *flags], run=False)
         recorder = StepRecorder()
-        cli.trainer.callbacks.append(recorder)
+        cli.trainer.callbacks.extend([recorder, *callbacks])
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
         return cli.model, cli.trainer, recorder
 
