@@ -14,12 +14,10 @@ from torch.optim import Optimizer
 
 from shared.checkpoints import read_checkpoint
 from shared.errors import UserError
+from systems.transfer.weights import PRETRAINED_BACKBONE, backbone_state
 
 if TYPE_CHECKING:
     from systems.transfer.module import TransferLearner
-
-# Where `pretrain` writes its backbone by default, and where train's config.yaml reads it from.
-PRETRAINED_BACKBONE = "lightning_logs/transfer/pretrain/backbone.pt"
 
 
 class UnfreezeBackbone(Callback):
@@ -118,12 +116,8 @@ class ExportBackbone(Callback):
             ),
             "",
         )
-        if best:
-            prefix = "backbone."
-            weights = read_checkpoint(best)["state_dict"]
-            state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
-        else:
-            state = {k: v.detach().cpu() for k, v in pl_module.backbone.state_dict().items()}
+        weights = read_checkpoint(best)["state_dict"] if best else pl_module.state_dict()
+        state = {k: v.detach().cpu() for k, v in backbone_state(weights).items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, self.path)
         rank_zero_info(f"Backbone of {best or 'the last epoch'} exported to {self.path}")

@@ -1,23 +1,16 @@
-"""Plain torch: a torchvision ResNet without its classifier, the input it expects, and its weight files."""
+"""Plain torch: a torchvision ResNet without its classifier, and the input it expects."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import ResNet, WeightsEnum, get_model, get_model_weights
-
-from shared.checkpoints import load_file, state_mismatch
-from shared.errors import UserError
+from torchvision.models import ResNet, get_model
 
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 # The five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4.
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
-# How torchvision spells weight names (IMAGENET1K_V1, DEFAULT); anything else is taken as a file path.
-_WEIGHT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 def build_backbone(arch: str) -> tuple[ResNet, int]:
@@ -58,53 +51,3 @@ class Standardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-
-
-def is_weight_name(weights: str) -> bool:
-    """Whether ``weights`` is spelt like a torchvision weight name rather than a file path."""
-    return _WEIGHT_NAME.fullmatch(weights) is not None
-
-
-def torchvision_weights(arch: str, name: str) -> WeightsEnum:
-    """The torchvision weights called ``name`` for ``arch`` (``DEFAULT`` is the best available)."""
-    available = get_model_weights(arch)
-    names = [w.name for w in available]
-    if name != "DEFAULT" and name not in names:
-        raise UserError(
-            f"{arch} has no torchvision weights called {name}: use one of {', '.join(names)} or DEFAULT, "
-            "or the path of a weight file."
-        )
-    return available[name]
-
-
-def cached_file(weights: WeightsEnum) -> Path:
-    """Where ``torch.hub`` keeps the file of torchvision ``weights`` (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-
-
-def read_backbone_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The backbone weights in a file: the ones ``pretrain`` exports, a Lightning checkpoint of this system,
-    or a whole torchvision ResNet ``state_dict`` (whose classifier ``fc.*`` is dropped)."""
-    content = load_file(path, what="weight file")
-    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        prefix = "backbone."
-        content = {
-            k.removeprefix(prefix): v for k, v in content["state_dict"].items() if k.startswith(prefix)
-        }
-    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
-        raise UserError(f"{path} holds no state_dict of tensors: pass a backbone or ResNet state_dict file.")
-    state = {k: v for k, v in content.items() if not k.startswith("fc.")}
-    if not state:
-        raise UserError(f"{path} holds no backbone weights: pass a backbone or ResNet state_dict file.")
-    return state
-
-
-def load_backbone_state(backbone: ResNet, state: dict[str, torch.Tensor], source: str, arch: str) -> None:
-    """Copy ``state`` into ``backbone``, or say what does not fit (often the ``arch``) and change nothing."""
-    details = state_mismatch(backbone.state_dict(), state)
-    if details:
-        raise UserError(
-            f"The weights in {source} do not fit a {arch} backbone ({details}): set model.arch to the ResNet "
-            "that wrote them."
-        )
-    backbone.load_state_dict(state)

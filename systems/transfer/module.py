@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -14,25 +13,11 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.models import WeightsEnum
 
-from shared.downloads import socket_timeout
 from shared.errors import UserError
-from systems.transfer.callbacks import PRETRAINED_BACKBONE, UnfreezeBackbone
-from systems.transfer.model import (
-    STAGES,
-    Standardize,
-    build_backbone,
-    cached_file,
-    is_weight_name,
-    last_stages,
-    load_backbone_state,
-    read_backbone_state,
-    torchvision_weights,
-)
-
-# Seconds a download of torchvision weights may stall before it is given up (offline: fail, do not hang).
-DOWNLOAD_TIMEOUT_S = 20.0
+from systems.transfer.callbacks import UnfreezeBackbone
+from systems.transfer.model import STAGES, Standardize, build_backbone, last_stages
+from systems.transfer.weights import is_weight_name, load_weights, weight_file, weight_names
 
 
 class TransferLearner(pl.LightningModule):
@@ -101,8 +86,11 @@ class TransferLearner(pl.LightningModule):
                 f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape "
                 f"{image_shape}, mean {mean}, std {std}: let the CLI link them from the datamodule."
             )
-        if weights is not None and is_weight_name(weights):
-            torchvision_weights(arch, weights)
+        if weights is not None and is_weight_name(weights) and weights not in weight_names(arch):
+            raise UserError(
+                f"{arch} has no torchvision weights called {weights}: use one of "
+                f"{', '.join(weight_names(arch))}, or the path of a weight file."
+            )
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
             raise UserError(f"unfreeze_at_epoch must be null or 0 or more, got {unfreeze_at_epoch}.")
         if not 1 <= unfreeze_stages <= len(STAGES):
@@ -180,55 +168,18 @@ class TransferLearner(pl.LightningModule):
         at_epoch = self.hparams.unfreeze_at_epoch
         return [UnfreezeBackbone(at_epoch, self.hparams.backbone_lr)] if at_epoch else []
 
-    # ---- the starting weights --------------------------------------------------------------------------
-
-    def _torchvision_state(self, weights: WeightsEnum) -> dict[str, torch.Tensor]:
-        file = cached_file(weights)
-        if file.is_file():
-            return read_backbone_state(file)
-        try:
-            with socket_timeout(DOWNLOAD_TIMEOUT_S):
-                torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
-        except (OSError, RuntimeError) as error:
-            raise UserError(
-                f"The torchvision weights {weights} are not in {file} and could not be downloaded (no "
-                f"network? {error}): copy that file there from a machine that has it, or pass a local weight "
-                "file with --model.weights=PATH (python -m systems.transfer.pretrain writes one)."
-            ) from error
-        return read_backbone_state(file)
-
-    def _weights_source(self) -> WeightsEnum | Path:
-        """What ``weights`` names, checked: torchvision weights of ``arch``, or a file that exists."""
-        weights = self.hparams.weights
-        if is_weight_name(weights):
-            return torchvision_weights(self.hparams.arch, weights)
-        if not Path(weights).is_file():
-            raise UserError(
-                f"There is no weight file at {weights}: run `python -m systems.transfer.pretrain` first "
-                f"(it writes {PRETRAINED_BACKBONE}), or pass --model.weights=PATH or a torchvision "
-                "weight name such as IMAGENET1K_V1."
-            )
-        return Path(weights)
+    # ---- the starting weights (weights.py) -----------------------------------------------------------
 
     def prepare_data(self) -> None:
         """Before ``fit`` writes anything: stop at a missing weight file, and download named torchvision
         weights once per machine (not once per process)."""
-        if self.trainer.state.fn != TrainerFn.FITTING or self.weights_loaded:
-            return
-        source = self._weights_source()
-        if isinstance(source, WeightsEnum):
-            self._torchvision_state(source)
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.weights_loaded:
+            weight_file(self.hparams.arch, self.hparams.weights)
 
     def load_pretrained(self) -> None:
         """Copy the starting weights that ``weights`` names into the backbone (``fit`` does as it starts)."""
-        if self.hparams.weights is None:
-            return
-        source = self._weights_source()
-        if isinstance(source, WeightsEnum):
-            state, name = self._torchvision_state(source), f"torchvision's {source}"
-        else:
-            state, name = read_backbone_state(source), str(source)
-        load_backbone_state(self.backbone, state, name, self.hparams.arch)
+        if self.hparams.weights is not None:
+            load_weights(self.backbone, self.hparams.arch, self.hparams.weights)
         self.weights_loaded = True
 
     def on_fit_start(self) -> None:
