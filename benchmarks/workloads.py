@@ -323,7 +323,9 @@ def _transfer_plain(
     module = module.to(device).train()
     if precision.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    module.set_backbone_mode()
+    from systems.transfer.model import set_modes
+
+    set_modes(module.backbone, module.hparams.bn_policy)
     optimizer = module.configure_optimizers()
     scaling = GradScaling(precision, device)
     losses = []

@@ -1,19 +1,24 @@
-"""Plain torch: a torchvision ResNet without its classifier, and the input it expects."""
+"""Plain torch: a torchvision ResNet without its classifier, the input it expects, and what freezing it means
+for each of its five stages (which ones train, which mode each runs in)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import ResNet, get_model
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+# frozen: BatchNorm keeps its pretrained statistics and weights; train: both adapt to the target data
+BatchNormPolicy = Literal["frozen", "train"]
 # The five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4.
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 
 
-def build_backbone(arch: str) -> tuple[ResNet, int]:
+def build_backbone(arch: Arch) -> tuple[ResNet, int]:
     """A randomly initialised torchvision ResNet that maps images to pooled features, and its feature width.
 
     The classifier ``fc`` becomes the identity rather than being cut off with ``children()[:-1]``: the
@@ -21,19 +26,10 @@ def build_backbone(arch: str) -> tuple[ResNet, int]:
     weight files load as they are, and the width is read from ``fc.in_features`` (512 for ResNet-18/34,
     2048 for ResNet-50) instead of being typed for one architecture.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}.")
     backbone = get_model(arch, weights=None)
     width = backbone.fc.in_features
     backbone.fc = nn.Identity()
     return backbone, width
-
-
-def last_stages(backbone: ResNet, count: int) -> list[nn.Module]:
-    """The modules of the last ``count`` of the five stages (1: layer4; 5: the whole backbone)."""
-    if not 1 <= count <= len(STAGES):
-        raise ValueError(f"count must be 1 to {len(STAGES)} (1: layer4 only, 5: all), got {count}.")
-    return [getattr(backbone, name) for stage in STAGES[len(STAGES) - count :] for name in stage]
 
 
 class Standardize(nn.Module):
@@ -51,3 +47,32 @@ class Standardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def unfreeze(backbone: ResNet, stages: int, bn_policy: BatchNormPolicy) -> list[nn.Parameter]:
+    """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all) and return the parameters that
+    were frozen. Under ``bn_policy="frozen"`` their BatchNorm layers stay frozen (weights and statistics)."""
+    joined = []
+    for stage in STAGES[len(STAGES) - stages :]:
+        for module in (m for name in stage for m in getattr(backbone, name).modules()):
+            if isinstance(module, _BatchNorm) and bn_policy == "frozen":
+                continue
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad:
+                    param.requires_grad_(True)
+                    joined.append(param)
+    return joined
+
+
+def set_modes(backbone: ResNet, bn_policy: BatchNormPolicy) -> None:
+    """Frozen stages in eval mode, trainable ones in train mode, every BatchNorm layer in train mode only
+    under ``bn_policy="train"``: BatchNorm in train mode updates its running statistics even when nothing
+    requires grad, so a frozen backbone left in train mode drifts."""
+    for stage in STAGES:
+        modules = [getattr(backbone, name) for name in stage]
+        trainable = any(p.requires_grad for module in modules for p in module.parameters())
+        for module in modules:
+            module.train(trainable)
+    for module in backbone.modules():
+        if isinstance(module, _BatchNorm):
+            module.train(bn_policy == "train")

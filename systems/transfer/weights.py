@@ -20,7 +20,8 @@ from shared.checkpoints import load_file, state_mismatch
 from shared.downloads import fetch_or_explain
 from shared.errors import UserError, require
 
-# Where `pretrain` exports its backbone by default, and where train's config.yaml reads it from.
+# Where `pretrain` exports its backbone (ExportBackbone's path) and where `train` reads it from (the default
+# of TransferLearner's `weights`); neither yaml file repeats it.
 PRETRAINED_BACKBONE = "lightning_logs/transfer/pretrain/backbone.pt"
 # Seconds a download of torchvision weights may stall before it is given up (offline: fail, do not hang).
 DOWNLOAD_TIMEOUT_S = 20.0
