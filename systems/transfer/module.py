@@ -3,7 +3,7 @@
 Frozen means four things, each on this first screen: ``requires_grad=False``; features computed under
 ``torch.no_grad()``; only trainable parameters in the optimizer; eval mode in every epoch, so that BatchNorm
 keeps its pretrained statistics (unless ``bn_policy`` says otherwise). Staged unfreezing is callbacks.py,
-the starting weights weights.py.
+the starting weights weights.py, the same training step without Lightning plain.py.
 """
 
 from __future__ import annotations
