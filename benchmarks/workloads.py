@@ -312,26 +312,25 @@ def _transfer_plain(
     precision: Precision,
     windows: Windows,
 ) -> list[torch.Tensor]:
-    """``TransferLearner.training_step`` without the Trainer (its forward skips a frozen backbone's graph)."""
-    module = module.to(device).train()
-    if precision.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    module.set_backbone_mode()
-    optimizer = module.configure_optimizers()
-    scaling = GradScaling(precision, device)
-    losses = []
-    for batch in batches:
-        x, y = to_device(batch, device, precision.channels_last)
-        with precision.autocast(device):
-            logits = module(x)
-            loss = F.cross_entropy(logits, y)
-        module.train_acc(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaling.backward(loss)
-        scaling.step(optimizer)
-        losses.append(loss.detach())
-        windows.tick()
-    return losses
+    """``TransferLearner.training_step`` without the Trainer: systems/transfer/plain.py's ``train`` on the
+    module's own nets and hyper-parameters."""
+    from systems.transfer.plain import train
+
+    hparams = module.hparams
+    return train(
+        module.normalize,
+        module.backbone,
+        module.head,
+        batches,
+        device,
+        lr=hparams.lr,
+        backbone_lr=hparams.backbone_lr,
+        weight_decay=hparams.weight_decay,
+        bn_policy=hparams.bn_policy,
+        channels_last=hparams.channels_last or precision.channels_last,
+        autocast_dtype=precision.autocast_dtype,
+        on_step=windows.tick,
+    )
 
 
 def _transfer_workload(frozen: bool) -> Workload:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -13,18 +13,14 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch.optim import Optimizer
 
 from shared.checkpoints import read_checkpoint
-from shared.errors import UserError
-
-if TYPE_CHECKING:
-    from systems.transfer.module import TransferLearner
-
-# Where `pretrain` writes its backbone by default, and where train's config.yaml reads it from.
-PRETRAINED_BACKBONE = "lightning_logs/transfer/pretrain/backbone.pt"
+from systems.transfer.model import BatchNormPolicy, unfreeze
+from systems.transfer.weights import PRETRAINED_BACKBONE, backbone_state
 
 
 class UnfreezeBackbone(Callback):
-    """Staged unfreezing: at epoch ``at_epoch`` the module's ``unfreeze_backbone()`` makes the top backbone
-    stages trainable, and their parameters join the (first) optimizer as a new group ``backbone`` at ``lr``.
+    """Staged unfreezing: at epoch ``at_epoch`` the top ``stages`` of the module's ``backbone`` become
+    trainable (``model.unfreeze``), and their parameters join the (first) optimizer as a new group
+    ``backbone`` at ``lr``. ``TransferLearner.configure_callbacks`` builds it from its hyper-parameters.
 
     Why not Lightning's ``BackboneFinetuning``: its ``freeze_before_training`` freezes with
     ``train_bn=True`` whatever its own ``train_bn`` says, so the "frozen" backbone's BatchNorm layers keep
@@ -44,25 +40,22 @@ class UnfreezeBackbone(Callback):
       train its own backbone.
     """
 
-    def __init__(self, at_epoch: int, lr: float) -> None:
-        if at_epoch < 1:
-            raise UserError(f"at_epoch must be 1 or more (0 means trainable from the start), got {at_epoch}.")
-        self.at_epoch = at_epoch
-        self.lr = lr
+    def __init__(self, at_epoch: int, lr: float, stages: int, bn_policy: BatchNormPolicy) -> None:
+        self.at_epoch, self.lr, self.stages, self.bn_policy = at_epoch, lr, stages, bn_policy
         self.joined = False
         self.params: list[torch.nn.Parameter] = []
 
-    def _join(self, trainer: pl.Trainer, pl_module: TransferLearner) -> None:
-        self.params = pl_module.unfreeze_backbone()
+    def _join(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.params = unfreeze(pl_module.backbone, self.stages, self.bn_policy)
         if self.params:  # none when an earlier fit of the same module unfroze them already
             trainer.optimizers[0].add_param_group({"name": "backbone", "params": self.params, "lr": self.lr})
         self.joined = True
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: TransferLearner) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.joined:
             self._join(trainer, pl_module)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: TransferLearner) -> None:
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.joined and trainer.current_epoch >= self.at_epoch:
             self._join(trainer, pl_module)
             rank_zero_info(
@@ -93,7 +86,8 @@ class UnfreezeBackbone(Callback):
 
 
 class ExportBackbone(Callback):
-    """When pretraining ends, write the backbone's weights to ``path``: the file ``train``'s config reads.
+    """When pretraining ends, write the backbone's weights to ``path``; the default, ``PRETRAINED_BACKBONE``,
+    is what ``train`` reads by default.
 
     The weights come from the best checkpoint of the monitored ``checkpoint`` callback when there is one,
     otherwise from the model as it ended. The file is a plain torchvision ResNet ``state_dict`` without the
@@ -104,7 +98,7 @@ class ExportBackbone(Callback):
     def __init__(self, path: str = PRETRAINED_BACKBONE) -> None:
         self.path = Path(path)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: TransferLearner) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.fast_dev_run:
             rank_zero_info(f"fast_dev_run: the backbone is not exported to {self.path}")
             return
@@ -118,12 +112,8 @@ class ExportBackbone(Callback):
             ),
             "",
         )
-        if best:
-            prefix = "backbone."
-            weights = read_checkpoint(best)["state_dict"]
-            state = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
-        else:
-            state = {k: v.detach().cpu() for k, v in pl_module.backbone.state_dict().items()}
+        weights = read_checkpoint(best)["state_dict"] if best else pl_module.state_dict()
+        state = {k: v.detach().cpu() for k, v in backbone_state(weights).items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, self.path)
         rank_zero_info(f"Backbone of {best or 'the last epoch'} exported to {self.path}")

@@ -1,9 +1,14 @@
-"""The transfer system: a pretrained ResNet backbone, frozen or joining later, under a new trainable head."""
+"""The transfer system: a pretrained ResNet ``backbone``, frozen, under a new trainable ``head``.
+
+Frozen means four things, each on this first screen: ``requires_grad=False``; features computed under
+``torch.no_grad()``; only trainable parameters in the optimizer; eval mode in every epoch, so that BatchNorm
+keeps its pretrained statistics (unless ``bn_policy`` says otherwise). Staged unfreezing is callbacks.py,
+the starting weights weights.py, the same training step without Lightning plain.py.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -11,68 +16,53 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.parsing import AttributeDict
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.models import WeightsEnum
 
-from shared.downloads import socket_timeout
-from shared.errors import UserError
-from systems.transfer.callbacks import PRETRAINED_BACKBONE, UnfreezeBackbone
+from shared.errors import require
+from systems.transfer.callbacks import UnfreezeBackbone
 from systems.transfer.model import (
     STAGES,
+    Arch,
+    BatchNormPolicy,
     Standardize,
     build_backbone,
-    cached_file,
-    is_weight_name,
-    last_stages,
-    load_backbone_state,
-    read_backbone_state,
-    torchvision_weights,
+    set_modes,
+    unfreeze,
 )
-
-# Seconds a download of torchvision weights may stall before it is given up (offline: fail, do not hang).
-DOWNLOAD_TIMEOUT_S = 20.0
+from systems.transfer.weights import (
+    PRETRAINED_BACKBONE,
+    is_weight_name,
+    load_weights,
+    weight_file,
+    weight_names,
+)
 
 
 class TransferLearner(pl.LightningModule):
     """A ResNet ``backbone`` starting from pretrained weights, and a new linear ``head`` for the target task.
 
-    Frozen means four things here: the backbone's parameters have ``requires_grad=False``; the optimizer
-    holds only trainable parameters; its features are computed under ``torch.no_grad()``; and it runs in
-    eval mode in every epoch, so that BatchNorm keeps the statistics it was pretrained with (unless
-    ``bn_policy`` says otherwise).
-
     Args:
         num_classes: classes of the target task (linked from the datamodule by the CLI).
-        image_shape: ``(channels, height, width)`` of the images (linked from the datamodule's ``dims``); grey
-            images are repeated into the three channels a ResNet takes.
-        mean: per-channel mean of the images, standardised away before the backbone (linked from the data).
-        std: per-channel standard deviation of the images (linked from the data).
-        arch: the torchvision ResNet: ``resnet18``, ``resnet34`` or ``resnet50``.
-        weights: the backbone's starting weights: a torchvision weight name of ``arch`` (``IMAGENET1K_V1``,
-            ``DEFAULT``; downloaded when online, read from the torch hub cache offline), the path of a weight
-            file (the ``backbone.pt`` that ``pretrain`` writes, a checkpoint of this system, a torchvision
-            ResNet ``state_dict``), or null for random weights. Read when ``fit`` starts; a checkpoint brings
-            its own weights, so ``load_from_checkpoint`` never needs this file or the network (a resumed
-            ``fit`` checks that it exists: pass null there if it is gone).
-        unfreeze_at_epoch: null keeps the backbone frozen throughout; 0 trains the unfrozen stages from the
-            start (how ``pretrain`` and the from-scratch baseline run); N > 0 keeps it frozen for epochs
-            0..N-1, then the stages join training in their own parameter group (staged unfreezing).
-        unfreeze_stages: how many of the backbone's five stages (stem, layer1, ..., layer4), counted from the
-            top, unfreezing makes trainable: 1 is ``layer4`` alone, 5 the whole backbone.
-        bn_policy: the backbone's BatchNorm layers. ``frozen``: always in eval mode, normalising with the
-            pretrained running statistics and never updating them, and with weight and bias fixed even in
-            unfrozen stages (torchvision's ``FrozenBatchNorm2d`` behaviour; right for small batches and for
-            features that do not depend on the batch). ``train``: in train mode, normalising with batch
-            statistics and updating the running ones on the target data even while the convolutions stay
-            frozen, with weight and bias training wherever their stage does (needed from random weights).
+        image_shape: ``(channels, height, width)`` of the images (linked); grey ones get three channels.
+        mean: per-channel mean of the images, standardised away before the backbone (linked).
+        std: per-channel standard deviation of the images (linked).
+        arch: the torchvision ResNet.
+        weights: the backbone's starting weights, read when ``fit`` starts: a weight file (by default the
+            one ``pretrain`` exports; a checkpoint of this system; a torchvision ResNet ``state_dict``), a
+            torchvision weight name of ``arch`` (``IMAGENET1K_V1``, ``DEFAULT``), or null for random weights.
+        unfreeze_at_epoch: null keeps the backbone frozen; 0 trains the unfrozen stages from the start; N > 0
+            lets them join at epoch N, in their own parameter group (staged unfreezing).
+        unfreeze_stages: how many of the backbone's five stages (stem, layer1-4), from the top, unfreezing
+            makes trainable: 1 is ``layer4``, 5 the whole backbone.
+        bn_policy: ``frozen``: BatchNorm in eval mode, its statistics and weights fixed even in unfrozen
+            stages; ``train``: in train mode, adapting to the target data (needed from random weights).
         lr: AdamW learning rate of the head.
         backbone_lr: AdamW learning rate of the backbone's parameter group (usually lower than ``lr``).
         weight_decay: AdamW weight decay of both groups.
         dropout: dropout before the linear head.
-        channels_last: keep the convolution weights and the images in ``channels_last`` (NHWC) memory
-            format, the layout that lets bf16/fp16 convolutions run on tensor cores.
+        channels_last: NHWC weights and images, the layout bf16/fp16 convolutions need for tensor cores.
     """
 
     def __init__(
@@ -81,11 +71,11 @@ class TransferLearner(pl.LightningModule):
         image_shape: tuple[int, int, int] = (1, 32, 32),
         mean: tuple[float, ...] = (0.3053,),
         std: tuple[float, ...] = (0.3760,),
-        arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet18",
-        weights: str | None = None,
+        arch: Arch = "resnet18",
+        weights: str | None = PRETRAINED_BACKBONE,
         unfreeze_at_epoch: int | None = None,
         unfreeze_stages: int = 1,
-        bn_policy: Literal["frozen", "train"] = "frozen",
+        bn_policy: BatchNormPolicy = "frozen",
         lr: float = 1e-2,
         backbone_lr: float = 1e-4,
         weight_decay: float = 1e-4,
@@ -94,34 +84,13 @@ class TransferLearner(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if num_classes < 2:
-            raise UserError(f"num_classes must be at least 2, got {num_classes}.")
-        if image_shape[0] not in (1, 3) or len(mean) != image_shape[0] or len(std) != image_shape[0]:
-            raise UserError(
-                f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape "
-                f"{image_shape}, mean {mean}, std {std}: let the CLI link them from the datamodule."
-            )
-        if weights is not None and is_weight_name(weights):
-            torchvision_weights(arch, weights)
-        if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
-            raise UserError(f"unfreeze_at_epoch must be null or 0 or more, got {unfreeze_at_epoch}.")
-        if not 1 <= unfreeze_stages <= len(STAGES):
-            raise UserError(
-                f"unfreeze_stages must be 1 (layer4) to {len(STAGES)} (all), got {unfreeze_stages}."
-            )
-        if bn_policy not in ("frozen", "train"):
-            raise UserError(f"bn_policy must be 'frozen' or 'train', got {bn_policy!r}.")
-        if lr <= 0 or backbone_lr <= 0 or not 0 <= dropout < 1:
-            raise UserError(
-                f"lr and backbone_lr must be > 0 and dropout in [0, 1), got lr={lr}, "
-                f"backbone_lr={backbone_lr}, dropout={dropout}."
-            )
+        check(self.hparams)  # what the types cannot say: the one block of checks, at the end of this file
         self.normalize = Standardize(mean, std)
         self.backbone, width = build_backbone(arch)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
-        self.backbone.requires_grad_(False)
+        self.backbone.requires_grad_(False)  # frozen; unfreezing makes the top stages trainable (0: now)
         if unfreeze_at_epoch == 0:
-            self.unfreeze_backbone()
+            unfreeze(self.backbone, unfreeze_stages, bn_policy)
         if channels_last:
             self.to(memory_format=torch.channels_last)
         # True once the backbone holds its starting weights, from `weights` or from a checkpoint
@@ -129,118 +98,6 @@ class TransferLearner(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
-
-    # ---- freezing --------------------------------------------------------------------------------------
-
-    def unfreeze_backbone(self) -> list[nn.Parameter]:
-        """Make the last ``unfreeze_stages`` stages trainable and return the parameters that were frozen.
-
-        Under ``bn_policy=frozen`` their BatchNorm layers stay frozen (weights and statistics).
-        """
-        joined = []
-        for stage in last_stages(self.backbone, self.hparams.unfreeze_stages):
-            for module in stage.modules():
-                if isinstance(module, _BatchNorm) and self.hparams.bn_policy == "frozen":
-                    continue
-                for param in module.parameters(recurse=False):
-                    if not param.requires_grad:
-                        param.requires_grad_(True)
-                        joined.append(param)
-        return joined
-
-    def set_backbone_mode(self) -> None:
-        """Frozen stages in eval mode, trainable ones in train mode, BatchNorm layers as ``bn_policy`` says.
-
-        Called at the start of every training epoch. Lightning 2.x keeps each submodule's mode when fit
-        starts and restores it after validation, but whatever switches the whole module to train mode in
-        between (``model.train()``, an overridden ``on_validation_model_train``, ``to_onnx`` and
-        ``to_torchscript``, which end with ``self.train(mode)``) would otherwise let the frozen BatchNorm
-        layers drift to the target data's statistics.
-        """
-        for stage in STAGES:
-            modules = [getattr(self.backbone, name) for name in stage]
-            trainable = any(p.requires_grad for module in modules for p in module.parameters())
-            for module in modules:
-                module.train(trainable)
-        for module in self.backbone.modules():
-            if isinstance(module, _BatchNorm):
-                module.train(self.hparams.bn_policy == "train")
-
-    def on_train_start(self) -> None:
-        # a run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch (Lightning's
-        # rule): without this its frozen BatchNorm layers would train on the rest of the epoch
-        self.set_backbone_mode()
-
-    def on_train_epoch_start(self) -> None:
-        # runs after the callbacks' hook: a stage that UnfreezeBackbone has just unfrozen gets train mode
-        self.set_backbone_mode()
-
-    def configure_callbacks(self) -> list[Callback]:
-        """Staged unfreezing: a callback of this system's own, built from the hyper-parameters."""
-        at_epoch = self.hparams.unfreeze_at_epoch
-        return [UnfreezeBackbone(at_epoch, self.hparams.backbone_lr)] if at_epoch else []
-
-    # ---- the starting weights --------------------------------------------------------------------------
-
-    def _torchvision_state(self, weights: WeightsEnum) -> dict[str, torch.Tensor]:
-        file = cached_file(weights)
-        if file.is_file():
-            return read_backbone_state(file)
-        try:
-            with socket_timeout(DOWNLOAD_TIMEOUT_S):
-                torch.hub.load_state_dict_from_url(weights.url, progress=False, check_hash=True)
-        except (OSError, RuntimeError) as error:
-            raise UserError(
-                f"The torchvision weights {weights} are not in {file} and could not be downloaded (no "
-                f"network? {error}): copy that file there from a machine that has it, or pass a local weight "
-                "file with --model.weights=PATH (python -m systems.transfer.pretrain writes one)."
-            ) from error
-        return read_backbone_state(file)
-
-    def _weights_source(self) -> WeightsEnum | Path:
-        """What ``weights`` names, checked: torchvision weights of ``arch``, or a file that exists."""
-        weights = self.hparams.weights
-        if is_weight_name(weights):
-            return torchvision_weights(self.hparams.arch, weights)
-        if not Path(weights).is_file():
-            raise UserError(
-                f"There is no weight file at {weights}: run `python -m systems.transfer.pretrain` first "
-                f"(it writes {PRETRAINED_BACKBONE}), or pass --model.weights=PATH or a torchvision "
-                "weight name such as IMAGENET1K_V1."
-            )
-        return Path(weights)
-
-    def prepare_data(self) -> None:
-        """Before ``fit`` writes anything: stop at a missing weight file, and download named torchvision
-        weights once per machine (not once per process)."""
-        if self.trainer.state.fn != TrainerFn.FITTING or self.weights_loaded:
-            return
-        source = self._weights_source()
-        if isinstance(source, WeightsEnum):
-            self._torchvision_state(source)
-
-    def load_pretrained(self) -> None:
-        """Copy the starting weights that ``weights`` names into the backbone (``fit`` does as it starts)."""
-        if self.hparams.weights is None:
-            return
-        source = self._weights_source()
-        if isinstance(source, WeightsEnum):
-            state, name = self._torchvision_state(source), f"torchvision's {source}"
-        else:
-            state, name = read_backbone_state(source), str(source)
-        load_backbone_state(self.backbone, state, name, self.hparams.arch)
-        self.weights_loaded = True
-
-    def on_fit_start(self) -> None:
-        # after a checkpoint was restored (resume, or a model from load_from_checkpoint) its weights win
-        if not self.weights_loaded:
-            self.load_pretrained()
-            rank_zero_info(f"Backbone weights loaded from {self.hparams.weights}")
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.weights_loaded = True
-
-    # ---- the system ------------------------------------------------------------------------------------
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's pooled features of a batch of images, ``(N, width)``."""
@@ -293,3 +150,75 @@ class TransferLearner(pl.LightningModule):
         if backbone:
             groups.append({"name": "backbone", "params": backbone, "lr": self.hparams.backbone_lr})
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
+
+    def on_train_epoch_start(self) -> None:
+        # every epoch, after the callbacks' hook (a stage UnfreezeBackbone has just unfrozen gets train mode):
+        # Lightning 2.x restores each submodule's mode after validation, but whatever switches the whole
+        # module to train mode in between (model.train(), to_onnx, to_torchscript, an overridden
+        # on_validation_model_train) would let the frozen BatchNorm layers drift to the target's statistics
+        set_modes(self.backbone, self.hparams.bn_policy)
+
+    def on_train_start(self) -> None:
+        # a run resumed in the middle of an epoch gets no on_train_epoch_start for that epoch (Lightning's
+        # rule): without this its frozen BatchNorm layers would train on the rest of the epoch
+        set_modes(self.backbone, self.hparams.bn_policy)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Staged unfreezing: a callback of this system's own, built from the hyper-parameters."""
+        hp = self.hparams
+        if not hp.unfreeze_at_epoch:  # null: frozen throughout; 0: unfrozen in __init__
+            return []
+        return [UnfreezeBackbone(hp.unfreeze_at_epoch, hp.backbone_lr, hp.unfreeze_stages, hp.bn_policy)]
+
+    # ---- the starting weights (weights.py): read once when fit starts; a checkpoint brings its own ------
+
+    def prepare_data(self) -> None:
+        """Before ``fit`` writes anything: stop at a missing weight file, and download named torchvision
+        weights once per machine (not once per process)."""
+        if self.trainer.state.fn == TrainerFn.FITTING and not self.weights_loaded:
+            weight_file(self.hparams.arch, self.hparams.weights)
+
+    def on_fit_start(self) -> None:
+        # after a checkpoint was restored (resume, or a model from load_from_checkpoint) its weights win
+        if not self.weights_loaded:
+            self.load_pretrained()
+            rank_zero_info(f"Backbone weights loaded from {self.hparams.weights}")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.weights_loaded = True
+
+    def load_pretrained(self) -> None:
+        """Copy the starting weights that ``weights`` names into the backbone (``fit`` does as it starts)."""
+        if self.hparams.weights is not None:
+            load_weights(self.backbone, self.hparams.arch, self.hparams.weights)
+        self.weights_loaded = True
+
+
+def check(hp: AttributeDict) -> None:
+    """The user's mistakes that the types cannot catch, each with the fix (the CLI's parser refuses an
+    ``arch`` or ``bn_policy`` that its Literal does not list; data files and weights are checked as read)."""
+    names = weight_names(hp.arch)
+    require(hp.num_classes >= 2, f"num_classes must be at least 2, got {hp.num_classes}.")
+    require(
+        hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0],
+        f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape "
+        f"{hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the datamodule.",
+    )
+    require(
+        hp.weights is None or not is_weight_name(hp.weights) or hp.weights in names,
+        f"{hp.arch} has no torchvision weights called {hp.weights}: use one of {', '.join(names)}, or the "
+        "path of a weight file.",
+    )
+    require(
+        hp.unfreeze_at_epoch is None or hp.unfreeze_at_epoch >= 0,
+        f"unfreeze_at_epoch must be null or 0 or more, got {hp.unfreeze_at_epoch}.",
+    )
+    require(
+        1 <= hp.unfreeze_stages <= len(STAGES),
+        f"unfreeze_stages must be 1 (layer4) to {len(STAGES)} (all), got {hp.unfreeze_stages}.",
+    )
+    require(
+        hp.lr > 0 and hp.backbone_lr > 0 and 0 <= hp.dropout < 1,
+        f"lr and backbone_lr must be > 0 and dropout in [0, 1), got lr={hp.lr}, "
+        f"backbone_lr={hp.backbone_lr}, dropout={hp.dropout}.",
+    )

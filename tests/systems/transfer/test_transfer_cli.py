@@ -16,10 +16,10 @@ import torch
 from datamodules import CIFAR10DataModule
 from shared.checkpoints import read_checkpoint
 from systems.transfer import TransferLearner
-from systems.transfer.callbacks import PRETRAINED_BACKBONE
 from systems.transfer.model import build_backbone
 from systems.transfer.pretrain import main as pretrain
 from systems.transfer.train import main as train
+from systems.transfer.weights import PRETRAINED_BACKBONE
 from tests.datamodules.test_cifar import write_cifar
 from tests.helpers import QUIET, ROOT, assert_same_weights, refused, run_module, send_signal
 
@@ -70,6 +70,22 @@ def test_train_without_a_pretrained_backbone_says_run_pretrain_first(
     err = refused(capsys, train, ["fit", *QUIET, *SMALL, "--trainer.max_epochs=1"])
     assert re.search(r"run `python -m systems.transfer.pretrain` first .*IMAGENET1K_V1", err)
     assert not list(Path().glob("lightning_logs/transfer/version_*"))  # stopped before writing a run folder
+
+
+@pytest.mark.parametrize(
+    ("flag", "allowed"),
+    [
+        ("--model.arch=resnet101", "'resnet18', 'resnet34', 'resnet50'"),
+        ("--model.bn_policy=adapt", "'frozen', 'train'"),
+    ],
+)
+def test_an_arch_or_bn_policy_that_the_types_do_not_list_is_refused_with_the_choices(
+    capsys: pytest.CaptureFixture[str], flag: str, allowed: str
+) -> None:
+    """Their Literal types are the check: the parser names the values it takes, before anything runs."""
+    err = refused(capsys, train, ["fit", *QUIET, flag])
+    assert f"Literal[{allowed}]. Got value: {flag.split('=')[1]}" in err
+    assert not Path("lightning_logs").exists()
 
 
 def test_pretrain_exports_its_best_backbone_and_train_transfers_it_frozen() -> None:

@@ -15,12 +15,13 @@ import pytorch_lightning as pl
 import torch
 from torchvision.models import ResNet18_Weights
 
-import systems.transfer.module as transfer_module
+import systems.transfer.weights as transfer_weights
 from datamodules import DigitsDataModule
 from shared.errors import UserError
 from systems.transfer import TransferLearner
-from systems.transfer.model import build_backbone, cached_file, read_backbone_state
+from systems.transfer.model import build_backbone
 from systems.transfer.train import main as train
+from systems.transfer.weights import cached_file, read_backbone_state
 from tests.helpers import QUIET, refused
 
 SIZE = 16
@@ -114,7 +115,7 @@ def test_a_stalled_download_is_bounded_by_the_socket_timeout(
     black_hole: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setattr(transfer_module, "DOWNLOAD_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(transfer_weights, "DOWNLOAD_TIMEOUT_S", 1.0)
     model = make_model(weights="IMAGENET1K_V1")
     start = time.monotonic()
     with pytest.raises(UserError, match=r"could not be downloaded .*timed out"):
