@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One lease of a GPU machine, one command: the project's CUDA checks and its GPU benchmarks.
+#
+#   bash benchmarks/gpu_run.sh OUT [checks|benchmarks|all]
+#
+# OUT receives gpu_checks.{json,md} (benchmarks/gpu_checks.py) and <device>-<date>/{amp,parity}.{json,md,png}
+# (eight files). Sized for one call of at most 10 minutes on an H100 or H200: the checks in about 4 minutes,
+# the benchmarks in about 5 (amp and parity: 2 runs of each setting, 3 windows of 10 steps after 10 warm-up
+# steps); each part has a time limit, so that one overrunning leaves the others their time.
+# The GPU machines have no jsonargparse, which the systems' command lines need: fetch its wheels here first,
+#   python -m pip download --no-deps --dest .whl "jsonargparse[signatures]==4.53.0" docstring-parser typeshed-client
+# and carry .whl. GPU_RUN_PRESET=tiny runs the same thing with tiny sizes on a CPU (what the tests do).
+set -uo pipefail
+out=${1:?"usage: bash benchmarks/gpu_run.sh OUT [checks|benchmarks|all]"}
+what=${2:-all}
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+if ! python3 -c "import jsonargparse" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ "${GPU_RUN_PRESET:-}" = tiny ]; then
+    checks=(--quick --accelerator cpu --skip-pytest)
+    sizes=(--preset tiny --accelerator cpu --warmup 2 --window 2 --repeats 2)
+else
+    checks=()
+    sizes=(--warmup 10 --window 10 --repeats 3)
+fi
+status=0
+start=$SECONDS
+if [ "$what" != benchmarks ]; then
+    timeout 240 python3 -m benchmarks.gpu_checks --out "$out" "${checks[@]}" || status=1
+    echo "checks: $((SECONDS - start)) s"
+fi
+if [ "$what" != checks ]; then
+    timeout 170 python3 -m benchmarks.amp --runs 2 --out "$out" "${sizes[@]}" || status=1
+    echo "amp: $((SECONDS - start)) s"
+    timeout 170 python3 -m benchmarks.parity --runs 2 --out "$out" "${sizes[@]}" || status=1
+    echo "parity: $((SECONDS - start)) s"
+fi
+exit $status
