@@ -203,8 +203,13 @@ def system_facts(system: str, cli: Any, before: dict[str, torch.Tensor]) -> dict
     if system == "gan":
         critic, generator = (adam_steps(opt) for opt in cli.trainer.optimizers)
         facts.update(critic_steps=critic, generator_steps=generator)
-        if (critic, generator) != (20, 4):  # 2 epochs of 12 batches, (5, 1): DDDDDG DDDDDG
-            problems.append(f"critic/generator steps {critic}/{generator}, expected 20/4")
+        # 2 epochs of 12 batches with (5, 1): 20 critic and 4 generator steps, one per batch (global_step 24);
+        # at 16-mixed the GradScaler skips the steps whose gradients overflow while it finds its scale
+        skipped = 24 - critic - generator
+        if cli.trainer.global_step != 24 or critic > 20 or generator > 4 or skipped > 5:
+            problems.append(
+                f"critic/generator steps {critic}/{generator} in {cli.trainer.global_step}, expected 20/4"
+            )
     if system == "transfer":
         after = cli.model.backbone.state_dict()
         changed = [k for k, v in before.items() if not torch.equal(v, after[k].detach().cpu())]

@@ -15,11 +15,10 @@ out=${1:?"usage: bash benchmarks/gpu_run.sh OUT [checks|benchmarks|all]"}
 what=${2:-all}
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
-if ! python3 -c "import jsonargparse" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
+if ! python3 -c "import jsonargparse" 2>/dev/null; then  # into the interpreter's own packages: the
+    python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || exit 1  # tests set PYTHONPATH
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD
 if [ "${GPU_RUN_PRESET:-}" = tiny ]; then
     checks=(--quick --accelerator cpu --skip-pytest)
     sizes=(--preset tiny --accelerator cpu --warmup 2 --window 2 --repeats 2)

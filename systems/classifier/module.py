@@ -69,7 +69,9 @@ class Classifier(pl.LightningModule):
         )
         normalize = TypeAsNormalize(mean, std) if normalization == "type_as" else BufferNormalize(mean, std)
         self.net = ConvNet(normalize, image_shape[0], num_classes, width, dropout)
-        self.train_acc = MulticlassAccuracy(num_classes)
+        # validate_args=False: its checks of the labels sync the GPU with the host at every training step
+        # (the validation and test metrics still check them)
+        self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
         self.skipped_batches = 0

@@ -95,7 +95,9 @@ class TransferLearner(pl.LightningModule):
             self.to(memory_format=torch.channels_last)
         # True once the backbone holds its starting weights, from `weights` or from a checkpoint
         self.weights_loaded = weights is None
-        self.train_acc = MulticlassAccuracy(num_classes)
+        # validate_args=False: its checks of the labels sync the GPU with the host at every training step
+        # (the validation and test metrics still check them)
+        self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes)
         self.test_acc = MulticlassAccuracy(num_classes)
 
