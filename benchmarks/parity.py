@@ -73,9 +73,10 @@ def compare(
     device: torch.device,
 ) -> dict[str, Any]:
     ratios = [lit["median_step_s"] / pln["median_step_s"] for pln, lit in zip(plain, lightning, strict=True)]
-    # the same arithmetic ends in the same weights: bitwise-close on a CPU in fp32; a GPU's kernels and
-    # reduced precision round differently, so there the bar is a relative 2%
-    tolerance = 1e-5 if device.type == "cpu" and precision == "fp32" else 2e-2
+    # the same arithmetic ends in the same weights: on a CPU bit for bit, in fp32 and in bf16 alike (both
+    # loops autocast without the weight-cast cache, as Lightning does); a GPU's kernels choose their own
+    # order of summation, and a GAN amplifies that, so there the bar is a relative 2% and may not hold
+    tolerance = 1e-5 if device.type == "cpu" else 2e-2
     weights_plain, weights_lightning = plain[0]["weights"], lightning[0]["weights"]
     difference = max((weights_plain[k] - weights_lightning[k]).abs().max().item() for k in weights_plain)
     scale = max(weights_plain[k].abs().max().item() for k in weights_plain)

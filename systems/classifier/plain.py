@@ -38,7 +38,9 @@ def train(
     losses = []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
+        ):
             logits = net(x)
             loss = F.cross_entropy(logits, y)
         accuracy(logits, y)

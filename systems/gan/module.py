@@ -110,7 +110,10 @@ class GAN(pl.LightningModule):
         self.toggle_optimizer(optimizer)
         loss = self.critic_loss(real) if critic else self.generator_loss(real.shape[0])
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        # the backward outside autocast, as PyTorch's AMP recipe has it: Lightning calls training_step inside
+        # autocast, and there the double backward of the gradient penalty would run in half precision
+        with torch.autocast(self.device.type, enabled=False):
+            self.manual_backward(loss)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
         self._log_epoch_mean("train/d_loss" if critic else "train/g_loss", loss, real.shape[0], prog_bar=True)

@@ -47,7 +47,9 @@ def train(
         critic_batch = batch_idx % (n_critic + n_generator) < n_critic  # 1.x's frequency order
         optimizer, other = (d_optimizer, generator) if critic_batch else (g_optimizer, critic)
         other.requires_grad_(False)  # what toggle_optimizer does: no gradient for the other network
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
+        ):
             if critic_batch:
                 with torch.no_grad():
                     fake = generator(z)

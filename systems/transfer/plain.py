@@ -58,7 +58,9 @@ def train(
     losses = []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.autocast(
+            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
+        ):
             x = normalize(x)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
