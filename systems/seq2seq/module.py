@@ -7,7 +7,6 @@ Lightning 2.0 removed that; here ``training_step`` does the same by hand, under 
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import pytorch_lightning as pl
@@ -21,11 +20,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodules.sequences import SequenceBatch, padding_mask
 from shared.errors import UserError, epochs_to_train
 from shared.visuals import log_text
+from systems.seq2seq.decodings import Example, first_examples, format_decodings
 from systems.seq2seq.model import Decoder, Encoder, StreamState, detach_state
-
-# how example decodings show a token when the vocabulary is small enough for one character per token
-_ALPHABET = string.digits + string.ascii_letters
-_EXAMPLE_WIDTH = 64
 
 
 def time_chunks(length: int, chunk_size: int) -> list[slice]:
@@ -121,7 +117,7 @@ class Seq2Seq(pl.LightningModule):
             }
         )
         # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
-        self.val_examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.val_examples: list[Example] = []
 
     # --- the two nets together, on one chunk ---------------------------------------------------------
 
@@ -251,17 +247,13 @@ class Seq2Seq(pl.LightningModule):
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         tokens = self._evaluate(batch, "val")
         if batch_idx == 0:
-            inputs, targets, lengths = batch
-            for i in range(min(self.hparams.num_examples, inputs.shape[0])):
-                n = int(lengths[i])
-                self.val_examples.append((inputs[i, :n].cpu(), targets[i, :n].cpu(), tokens[i, :n].cpu()))
+            self.val_examples += first_examples(batch, tokens, self.hparams.num_examples)
 
     def on_validation_epoch_end(self) -> None:
         # every process calls log_text (it joins a broadcast under DDP); rank 0 writes its own examples
         if self.hparams.num_examples > 0:
-            text = "\n\n".join(
-                format_decoding(*example, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)
-                for example in self.val_examples
+            text = format_decodings(
+                self.val_examples, self.hparams.vocab_size, self.hparams.truncated_bptt_steps
             )
             log_text(self.trainer, "val/decodings", f"epoch {self.current_epoch}\n\n{text}")
         self.val_examples.clear()
@@ -287,33 +279,3 @@ class Seq2Seq(pl.LightningModule):
         )
         scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-
-def format_decoding(
-    inputs: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor, vocab_size: int, chunk_size: int
-) -> str:
-    """One sequence as rows of input, target and output tokens, a ``^`` under each wrong output and a
-    ``|`` over each chunk border, wrapped every ``_EXAMPLE_WIDTH`` steps."""
-    width = 1 if vocab_size <= len(_ALPHABET) else len(str(vocab_size - 1)) + 1
-
-    def cells(values: torch.Tensor) -> list[str]:
-        if width == 1:
-            return [_ALPHABET[v] for v in values.tolist()]
-        return [str(v).rjust(width) for v in values.tolist()]
-
-    wrong = (tokens != targets).tolist()
-    rows = {
-        "chunks": ["|" if t % chunk_size == 0 and t > 0 else " " for t in range(len(inputs))],
-        "input": cells(inputs),
-        "target": cells(targets),
-        "output": cells(tokens),
-        "wrong": ["^" if w else " " for w in wrong],
-    }
-    lines = [f"{len(inputs)} steps, {len(wrong) - sum(wrong)} right, {sum(wrong)} wrong"]
-    for start in range(0, len(inputs), _EXAMPLE_WIDTH):
-        for name, row in rows.items():
-            piece = row[start : start + _EXAMPLE_WIDTH]
-            if width > 1 and name in ("chunks", "wrong"):
-                piece = [cell.rjust(width) for cell in piece]
-            lines.append(f"{name:>7} {''.join(piece)}".rstrip())
-    return "\n".join(lines)
