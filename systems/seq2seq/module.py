@@ -3,6 +3,7 @@
 Lightning 1.x did TBPTT for you: ``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called
 ``training_step(batch, batch_idx, hiddens)`` once per piece and stepped the optimizer after each.
 Lightning 2.0 removed that; here ``training_step`` does the same by hand, under manual optimization.
+``plain.py`` is the same step without Lightning; ``model.py`` holds the plain-torch pieces both use.
 """
 
 from __future__ import annotations
@@ -18,35 +19,16 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.sequences import SequenceBatch, padding_mask
-from shared.errors import UserError, epochs_to_train
+from shared.errors import epochs_to_train, require
 from shared.visuals import log_text
 from systems.seq2seq.decodings import Example, first_examples, format_decodings
-from systems.seq2seq.model import Decoder, Encoder, StreamState, detach_state
-
-
-def time_chunks(length: int, chunk_size: int) -> list[slice]:
-    """The 1.x split along time: pieces of ``chunk_size`` steps, the last one shorter when need be."""
-    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the real steps (``mask`` True); padded steps add nothing, not even gradients.
-
-    A piece with no real step (every sequence already ended) has loss 0.
-    """
-    safe_targets = targets.masked_fill(~mask, 0)
-    losses = F.cross_entropy(logits.transpose(1, 2), safe_targets, reduction="none")
-    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+from systems.seq2seq.model import Decoder, Encoder, StreamState, chunk_loss, detach_state, greedy, time_chunks
 
 
 class Seq2Seq(pl.LightningModule):
-    """A streaming encoder-decoder that emits one target token per input token.
-
-    Training cuts every batch into chunks of ``truncated_bptt_steps`` time steps. Each chunk gets its own
-    forward, backward and optimizer step; both nets' states (and the decoder's last token) pass to the
-    next chunk detached, so gradients stop at chunk borders, and start afresh with every batch.
-    Validation, test and prediction stream the sequences through in the same chunks with greedy
-    decoding, carrying the state as a live stream would.
+    """A streaming encoder-decoder that emits one target token per input token, trained in chunks of
+    ``truncated_bptt_steps`` steps; validation, test and prediction stream the sequences through in the
+    same chunks, decoding greedily and carrying the state as a live stream would.
 
     Args:
         vocab_size: number of distinct tokens (linked from the datamodule); token ``vocab_size`` is padding
@@ -79,28 +61,23 @@ class Seq2Seq(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if vocab_size < 2:
-            raise UserError(
-                f"vocab_size must be at least 2, got {vocab_size}: let the CLI link it from the data."
-            )
-        if min(embedding_dim, hidden_size, num_layers) < 1:
-            raise UserError(
-                f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, "
-                f"{hidden_size} and {num_layers}: fix the model's sizes."
-            )
-        if truncated_bptt_steps < 1:
-            raise UserError(
-                f"truncated_bptt_steps must be a positive int, got {truncated_bptt_steps}: set "
-                "model.truncated_bptt_steps to the time steps per chunk (e.g. 32)."
-            )
-        if lr <= 0 or weight_decay < 0 or gradient_clip_val < 0 or num_examples < 0:
-            raise UserError(
-                f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
-                f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
-                f"num_examples={num_examples}: fix those model settings."
-            )
-        # the loop over chunks calls backward and step itself: Lightning must not do it once per batch
-        self.automatic_optimization = False
+        require(
+            min(embedding_dim, hidden_size, num_layers) >= 1,
+            f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, {hidden_size} "
+            f"and {num_layers}: fix the model's sizes.",
+        )
+        require(
+            truncated_bptt_steps >= 1,
+            f"truncated_bptt_steps must be positive, got {truncated_bptt_steps}: set "
+            "model.truncated_bptt_steps to the time steps per chunk (e.g. 32).",
+        )
+        require(
+            lr > 0 and min(weight_decay, gradient_clip_val, num_examples) >= 0,
+            f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
+            f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
+            f"num_examples={num_examples}: fix those model settings.",
+        )
+        self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.train_acc = MulticlassAccuracy(vocab_size, average="micro")
@@ -118,47 +95,6 @@ class Seq2Seq(pl.LightningModule):
         )
         # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
         self.val_examples: list[Example] = []
-
-    # --- the two nets together, on one chunk ---------------------------------------------------------
-
-    def _unpack(self, state: StreamState | None, batch_size: int) -> tuple[Any, Any, torch.Tensor]:
-        """``None`` (1.x's first ``hiddens``) means a fresh stream: zero LSTM states, the start token."""
-        if state is not None:
-            return state
-        start = torch.full((batch_size,), self.decoder.start_token, dtype=torch.long, device=self.device)
-        return None, None, start
-
-    def forward(
-        self, inputs: torch.Tensor, state: StreamState | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
-        """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
-        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
-        encoded, encoder_state = self.encoder(inputs, encoder_state)
-        tokens, logits, decoder_state = self.decoder.greedy(encoded, last_token, decoder_state)
-        return tokens, logits, StreamState(encoder_state, decoder_state, tokens[:, -1])
-
-    def teacher_forced(
-        self, inputs: torch.Tensor, targets: torch.Tensor, state: StreamState | None = None
-    ) -> tuple[torch.Tensor, StreamState]:
-        """Logits (B, T, vocab) of one chunk, the true previous tokens fed to the decoder; the next state."""
-        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
-        encoded, encoder_state = self.encoder(inputs, encoder_state)
-        previous_tokens = torch.cat([last_token.unsqueeze(1), targets[:, :-1]], dim=1)
-        logits, decoder_state = self.decoder(encoded, previous_tokens, decoder_state)
-        return logits, StreamState(encoder_state, decoder_state, targets[:, -1])
-
-    def chunk_loss(
-        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
-        """The loss of one chunk over its real steps, its logits, and the state to hand to the next chunk."""
-        logits, state = self.teacher_forced(inputs, targets, state)
-        return masked_cross_entropy(logits, targets, mask), logits, state
-
-    def carry(self, state: StreamState) -> StreamState | None:
-        """What the next chunk starts from: this state detached, or nothing when states are not carried."""
-        return detach_state(state) if self.hparams.carry_states else None
-
-    # --- training: truncated backprop through time -------------------------------------------------------
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         inputs, targets, lengths = self._same_length_in_every_process(batch)
@@ -188,6 +124,17 @@ class Seq2Seq(pl.LightningModule):
         )
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=batch_size)
 
+    def chunk_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """``model.chunk_loss`` on this system's nets: the chunk's loss, its logits, the state to hand on."""
+        return chunk_loss(self.encoder, self.decoder, inputs, targets, mask, state)
+
+    def carry(self, state: StreamState) -> StreamState | None:
+        """What the next chunk starts from: this state detached (gradients stop at the border), or nothing
+        when states are not carried."""
+        return detach_state(state) if self.hparams.carry_states else None
+
     def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
         """Pad the batch to the longest batch of all processes: under DDP each backward all-reduces the
         gradients, so every process must run as many chunks or the others wait for it forever."""
@@ -204,7 +151,18 @@ class Seq2Seq(pl.LightningModule):
         # run starts the next epoch at the learning rate an uninterrupted one would
         self.lr_schedulers().step()
 
-    # --- streaming evaluation and prediction -----------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def forward(
+        self, inputs: torch.Tensor, state: StreamState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
+        return greedy(self.encoder, self.decoder, inputs, state)
 
     def stream(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy-decode whole sequences (B, T) chunk by chunk, the state carried from each to the next."""
@@ -262,20 +220,11 @@ class Seq2Seq(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
-        """Stream whole sequences through chunk by chunk; one tensor of tokens per sequence, padding cut off.
-
-        ``batch`` is a datamodule batch ``(inputs, targets, lengths)`` or a bare (B, T) tensor of inputs.
-        """
+        """Stream whole sequences through chunk by chunk, from a datamodule batch ``(inputs, targets,
+        lengths)`` or a bare (B, T) tensor of inputs: one tensor of tokens per sequence, padding cut off."""
         if isinstance(batch, (list, tuple)):
             inputs, _, lengths = batch
         else:
             inputs, lengths = batch, torch.full((batch.shape[0],), batch.shape[1])
         tokens, _ = self.stream(inputs)
         return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}

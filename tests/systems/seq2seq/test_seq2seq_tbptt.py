@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.sequences import make_targets, padding_mask
 from systems.seq2seq import Seq2Seq
-from systems.seq2seq.model import StreamState
+from systems.seq2seq.model import StreamState, teacher_forced
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 
@@ -185,13 +185,14 @@ def test_chunked_evaluation_with_carried_state_equals_one_pass_over_the_whole_se
     model = tiny_model(7).eval()
     inputs, targets, _ = next(iter(batches_of(40, batches=1)))
     with torch.no_grad():
-        whole_logits, _ = model.teacher_forced(inputs, targets)
+        whole_logits, _ = teacher_forced(model.encoder, model.decoder, inputs, targets)
         whole_tokens, whole_greedy_logits, _ = model(inputs)
         chunked_tokens, chunked_greedy_logits = model.stream(inputs)
         state, pieces = None, []
         for start in range(0, 40, 7):
-            logits, state = model.teacher_forced(
-                inputs[:, start : start + 7], targets[:, start : start + 7], state
+            piece = slice(start, start + 7)
+            logits, state = teacher_forced(
+                model.encoder, model.decoder, inputs[:, piece], targets[:, piece], state
             )
             state = model.carry(state)
             pieces.append(logits)
