@@ -106,8 +106,7 @@ class Seq2Seq(pl.LightningModule):
             loss, logits, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             optimizer.zero_grad()
             self.manual_backward(loss)
-            self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()  # one optimizer step per chunk: trainer.global_step counts chunks
+            optimizer.step()  # one optimizer step per chunk (clipped in on_before_optimizer_step)
             state = self.carry(state)
             loss_sum += loss.detach() * mask[:, chunk].sum()
             predictions.append(logits.detach().argmax(dim=-1))
@@ -134,6 +133,11 @@ class Seq2Seq(pl.LightningModule):
         """What the next chunk starts from: this state detached (gradients stop at the border), or nothing
         when states are not carried."""
         return detach_state(state) if self.hparams.carry_states else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # each chunk's clip, here rather than in training_step: under 16-mixed Lightning unscales the
+        # gradients inside optimizer.step(), just before this hook (Lightning issue #18089)
+        self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
         """Pad the batch to the longest batch of all processes: under DDP each backward all-reduces the

@@ -249,23 +249,65 @@ def test_masked_padding_changes_neither_the_loss_nor_the_gradients() -> None:
         torch.testing.assert_close(garbage_grad, padded, atol=1e-6, rtol=1e-4)
 
 
-def test_gradients_are_clipped_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Manual optimization clips through ``self.clip_gradients`` before every optimizer step."""
-    model = tiny_model(8, gradient_clip_val=1e-3)
+def gradient_norms_at_each_update(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Patch ``AdamW.step`` to record the norm of the gradients each update applies: after the closure
+    Lightning passes it (which runs ``on_before_optimizer_step``), or as they are when a GradScaler calls it
+    without one."""
     norms: list[float] = []
     original_step = torch.optim.AdamW.step
 
-    def watching_step(self: torch.optim.Optimizer, *args: object, **kwargs: object) -> object:
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        norms.append(
-            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-        )
-        return original_step(self, *args, **kwargs)
+    def watching_step(self: torch.optim.Optimizer, closure: object = None) -> object:
+        def watched() -> object:
+            result = closure() if closure is not None else None
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            )
+            return result
+
+        return original_step(self, watched)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", watching_step)
+    return norms
+
+
+def test_gradients_are_clipped_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manual optimization clips through ``self.clip_gradients`` before every optimizer update."""
+    model = tiny_model(8, gradient_clip_val=1e-3)
+    norms = gradient_norms_at_each_update(monkeypatch)
     fit(model, batches_of(20, batches=1))
     assert len(norms) == 3
     assert max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+class ClippedInTrainingStep(Seq2Seq):
+    """Clips where Lightning's manual-optimization docs show it: in ``training_step``, between
+    ``manual_backward`` and ``optimizer.step()``."""
+
+    def manual_backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
+        super().manual_backward(loss, *args, **kwargs)
+        self.clip_gradients(self.optimizers(), self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+
+@pytest.mark.gpu
+def test_under_16_mixed_the_true_gradients_are_clipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under 16-mixed Lightning scales the loss and unscales the gradients only inside ``optimizer.step()``:
+    clipped in ``training_step`` they are the scaled ones (Lightning issue #18089), and the update applies
+    a gradient about 65536 times smaller than the clip value instead of one of that norm."""
+    norms = gradient_norms_at_each_update(monkeypatch)
+    for model_class in (Seq2Seq, ClippedInTrainingStep):
+        torch.manual_seed(0)
+        model = model_class(hidden_size=12, embedding_dim=6, truncated_bptt_steps=8, gradient_clip_val=1e-3)
+        norms.clear()
+        fit(model, batches_of(20, batches=8), accelerator="gpu", devices=1, precision="16-mixed")
+        assert norms  # the scaler skips the updates whose gradients overflowed, not all of them
+        assert max(norms) <= 1e-3 * (1 + 1e-3)
+        # every chunk's own gradient is far larger than 1e-3: clipped to that norm, not far below it
+        clipped_to_the_value = min(norms) >= 1e-3 * 0.99
+        assert clipped_to_the_value == (model_class is Seq2Seq), (model_class.__name__, min(norms))
 
 
 def test_a_bad_chunk_size_is_refused_with_the_fix() -> None:
