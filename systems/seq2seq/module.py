@@ -80,18 +80,10 @@ class Seq2Seq(pl.LightningModule):
         self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
-        self.train_acc = MulticlassAccuracy(vocab_size, average="micro")
+        # each stage's loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token
+        self.train_metrics = _metrics(vocab_size, streamed=False)
         self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "acc": MulticlassAccuracy(vocab_size, average="micro"),
-                        "acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"),
-                        "exact": MeanMetric(),
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {stage: _metrics(vocab_size, streamed=True) for stage in ("val", "test")}
         )
         # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
         self.val_examples: list[Example] = []
@@ -111,17 +103,11 @@ class Seq2Seq(pl.LightningModule):
             loss_sum += loss.detach() * mask[:, chunk].sum()
             predictions.append(logits.detach().argmax(dim=-1))
         # once per batch: a chunk may hold padding only (a short batch padded for DDP)
-        self.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
-        batch_size = inputs.shape[0]
-        self.log(
-            "train/loss",
-            loss_sum / mask.sum(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-        )
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=batch_size)
+        metrics = self.train_metrics
+        metrics["loss"](loss_sum / mask.sum(), weight=mask.sum())
+        metrics["acc"](torch.cat(predictions, dim=1)[mask], targets[mask])
+        self.log("train/loss", metrics["loss"], on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", metrics["acc"], on_step=False, on_epoch=True)
 
     def chunk_loss(
         self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
@@ -178,16 +164,9 @@ class Seq2Seq(pl.LightningModule):
             logits.append(chunk_logits)
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
-    def stream_loss(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The teacher-forced loss of whole sequences over their real steps, chunk by chunk as in training."""
-        state, loss_sum = None, torch.zeros((), device=self.device)
-        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
-            loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
-            state = self.carry(state)
-            loss_sum += loss * mask[:, chunk].sum()
-        return loss_sum / mask.sum().clamp(min=1)
-
     def _evaluate(self, batch: SequenceBatch, stage: str) -> torch.Tensor:
+        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks
+        as in training; the stream's tokens."""
         inputs, targets, lengths = batch
         mask = padding_mask(lengths, inputs.shape[1])
         tokens, _ = self.stream(inputs)
@@ -198,12 +177,13 @@ class Seq2Seq(pl.LightningModule):
         if late.any():
             metrics["acc_past_first_chunk"](tokens[late], targets[late])
         metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
-        batch_size = inputs.shape[0]
-        loss = self.stream_loss(inputs, targets, mask)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch_size)
-        self.log(f"{stage}/acc", metrics["acc"], prog_bar=stage == "val", batch_size=batch_size)
-        self.log(f"{stage}/acc_past_first_chunk", metrics["acc_past_first_chunk"], batch_size=batch_size)
-        self.log(f"{stage}/exact", metrics["exact"], batch_size=batch_size)
+        state = None
+        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+            loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
+            metrics["loss"].update(loss, weight=mask[:, chunk].sum())
+            state = self.carry(state)
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name == "acc")
         return tokens
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
@@ -232,3 +212,14 @@ class Seq2Seq(pl.LightningModule):
             inputs, lengths = batch, torch.full((batch.shape[0],), batch.shape[1])
         tokens, _ = self.stream(inputs)
         return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
+
+
+def _metrics(vocab_size: int, streamed: bool) -> nn.ModuleDict:
+    """One stage's metrics, logged as ``stage/name``: the loss per token and the token accuracy; for the
+    greedy stream (validation, test) also the accuracy past the first chunk and the share of sequences
+    decoded without an error."""
+    metrics = {"loss": MeanMetric(), "acc": MulticlassAccuracy(vocab_size, average="micro")}
+    if streamed:
+        metrics["acc_past_first_chunk"] = MulticlassAccuracy(vocab_size, average="micro")
+        metrics["exact"] = MeanMetric()
+    return nn.ModuleDict(metrics)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.sequences import make_targets, padding_mask
+from datamodules.sequences import collate_sequences, make_targets, padding_mask
 from systems.seq2seq import Seq2Seq
 from systems.seq2seq.model import StreamState, teacher_forced
 
@@ -308,6 +309,39 @@ def test_under_16_mixed_the_true_gradients_are_clipped(monkeypatch: pytest.Monke
         # every chunk's own gradient is far larger than 1e-3: clipped to that norm, not far below it
         clipped_to_the_value = min(norms) >= 1e-3 * 0.99
         assert clipped_to_the_value == (model_class is Seq2Seq), (model_class.__name__, min(norms))
+
+
+def test_epoch_losses_are_means_per_token(tmp_path: Path) -> None:
+    """Two batches of very different token counts (3 x 40 steps, then 3 sequences of 4, 3 and 2 steps):
+    each stage's epoch loss is the mean over all real tokens, not the mean of the two batches' means."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([40, 40, 40, 4, 3, 2])
+    mask = padding_mask(lengths, 40)
+    inputs = torch.randint(0, 10, (6, 40), generator=generator)
+    targets = make_targets(inputs, "running_sum", 10, 2).masked_fill(~mask, 10)
+    dataset = TensorDataset(inputs.masked_fill(~mask, 10), targets, lengths)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_sequences)
+    tokens = [120, 9]
+
+    model = tiny_model(16, num_examples=0)
+    trainer = fit(model, loader, logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    rows = [row.split(",") for row in (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()]
+    column = {name: [float(row[i]) for row in rows[1:] if row[i]] for i, name in enumerate(rows[0])}
+    first, second = column["train/loss_step"]
+    (epoch,) = column["train/loss_epoch"]
+    assert epoch == pytest.approx((first * tokens[0] + second * tokens[1]) / sum(tokens), rel=1e-6)
+    assert abs(epoch - (first + second) / 2) > 1e-3  # what a mean of batch means would log instead
+
+    model.eval()
+    with torch.no_grad():  # every real token's loss, each sequence in one pass (chunks change nothing)
+        token_losses = []
+        for x, y, n in loader:
+            logits, _ = teacher_forced(model.encoder, model.decoder, x, y)
+            losses = F.cross_entropy(logits.transpose(1, 2), y.clamp(max=9), reduction="none")
+            token_losses.append(losses[padding_mask(n, x.shape[1])])
+    expected = float(torch.cat(token_losses).mean())
+    assert trainer.validate(model, loader, verbose=False)[0]["val/loss"] == pytest.approx(expected, rel=1e-5)
+    assert trainer.test(model, loader, verbose=False)[0]["test/loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_bad_chunk_size_is_refused_with_the_fix() -> None:
