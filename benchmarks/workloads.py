@@ -92,14 +92,6 @@ class GradScaling:
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
-    def clip(
-        self, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.Tensor], max_norm: float
-    ) -> None:
-        """Clip the true gradients: unscale them first, as Lightning's ``clip_gradients`` does."""
-        if self.scaler:
-            self.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler:
             self.scaler.step(optimizer)
@@ -233,35 +225,25 @@ def _seq2seq_plain(
     precision: Precision,
     windows: Windows,
 ) -> list[torch.Tensor]:
-    """``Seq2Seq.training_step`` without the Trainer: one optimizer step per time chunk, state detached."""
-    from datamodules.sequences import padding_mask
-    from systems.seq2seq.module import time_chunks
+    """``systems/seq2seq/plain.py``'s ``train`` (``Seq2Seq.training_step`` without the Trainer) on the
+    module's own nets and hyper-parameters."""
+    from systems.seq2seq import plain
 
-    module = module.to(device).train()
+    module = module.to(device)
     hparams = module.hparams
-    optimizer = torch.optim.AdamW(module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay)
-    scaling = GradScaling(precision, device)
-    losses = []
-    for batch in batches:
-        inputs, targets, lengths = to_device(batch, device)
-        mask = padding_mask(lengths, inputs.shape[1])
-        state, loss_sum, predictions = None, torch.zeros((), device=device), []
-        for chunk in time_chunks(inputs.shape[1], hparams.truncated_bptt_steps):
-            with precision.autocast(device):
-                loss, logits, state = module.chunk_loss(
-                    inputs[:, chunk], targets[:, chunk], mask[:, chunk], state
-                )
-            optimizer.zero_grad()
-            scaling.backward(loss)
-            scaling.clip(optimizer, module.parameters(), hparams.gradient_clip_val)
-            scaling.step(optimizer)
-            state = module.carry(state)
-            loss_sum += loss.detach() * mask[:, chunk].sum()
-            predictions.append(logits.detach().argmax(dim=-1))
-        module.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
-        losses.append(loss_sum / mask.sum())
-        windows.tick()
-    return losses
+    return plain.train(
+        module.encoder,
+        module.decoder,
+        batches,
+        device,
+        lr=hparams.lr,
+        weight_decay=hparams.weight_decay,
+        truncated_bptt_steps=hparams.truncated_bptt_steps,
+        gradient_clip_val=hparams.gradient_clip_val,
+        carry_states=hparams.carry_states,
+        autocast_dtype=precision.autocast_dtype,
+        on_step=windows.tick,
+    )
 
 
 SEQ2SEQ = Workload(

@@ -1,10 +1,12 @@
-"""Plain torch: a streaming encoder and decoder, and the state one chunk of a stream hands to the next."""
+"""Plain torch: a streaming encoder and decoder, the state one chunk of a stream hands to the next, and the
+pieces of a chunk step that the LightningModule (``module.py``) and the plain loop (``plain.py``) share."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LSTMState = tuple[torch.Tensor, torch.Tensor]
@@ -91,3 +93,69 @@ class Decoder(nn.Module):
             tokens.append(token)
             logits.append(step_logits)
         return torch.stack(tokens, dim=1), torch.cat(logits, dim=1), state
+
+
+def time_chunks(length: int, chunk_size: int) -> list[slice]:
+    """The 1.x split along time: pieces of ``chunk_size`` steps, the last one shorter when need be."""
+    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
+
+
+def _opened(
+    state: StreamState | None, decoder: Decoder, inputs: torch.Tensor
+) -> tuple[LSTMState | None, LSTMState | None, torch.Tensor]:
+    """``None`` (1.x's first ``hiddens``) means a fresh stream: zero LSTM states, the start token."""
+    if state is not None:
+        return state
+    start = torch.full((inputs.shape[0],), decoder.start_token, dtype=torch.long, device=inputs.device)
+    return None, None, start
+
+
+def teacher_forced(
+    encoder: Encoder,
+    decoder: Decoder,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    state: StreamState | None = None,
+) -> tuple[torch.Tensor, StreamState]:
+    """One chunk (B, T) through both nets, the decoder fed the true previous tokens (training): logits
+    (B, T, vocab) and the state to hand to the next chunk."""
+    encoder_state, decoder_state, last_token = _opened(state, decoder, inputs)
+    encoded, encoder_state = encoder(inputs, encoder_state)
+    previous_tokens = torch.cat([last_token.unsqueeze(1), targets[:, :-1]], dim=1)
+    logits, decoder_state = decoder(encoded, previous_tokens, decoder_state)
+    return logits, StreamState(encoder_state, decoder_state, targets[:, -1])
+
+
+def greedy(
+    encoder: Encoder, decoder: Decoder, inputs: torch.Tensor, state: StreamState | None = None
+) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+    """One chunk (B, T) through both nets, the decoder fed its own previous tokens (a live stream): tokens
+    (B, T), their logits and the state to hand to the next chunk."""
+    encoder_state, decoder_state, last_token = _opened(state, decoder, inputs)
+    encoded, encoder_state = encoder(inputs, encoder_state)
+    tokens, logits, decoder_state = decoder.greedy(encoded, last_token, decoder_state)
+    return tokens, logits, StreamState(encoder_state, decoder_state, tokens[:, -1])
+
+
+def chunk_loss(
+    encoder: Encoder,
+    decoder: Decoder,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    state: StreamState | None,
+) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+    """One chunk's training forward: its loss over the real steps, its logits, and the state to hand to the
+    next chunk."""
+    logits, state = teacher_forced(encoder, decoder, inputs, targets, state)
+    return masked_cross_entropy(logits, targets, mask), logits, state
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the real steps (``mask`` True); padded steps add nothing, not even gradients.
+
+    A piece with no real step (every sequence already ended) has loss 0.
+    """
+    safe_targets = targets.masked_fill(~mask, 0)
+    losses = F.cross_entropy(logits.transpose(1, 2), safe_targets, reduction="none")
+    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)

@@ -3,11 +3,11 @@
 Lightning 1.x did TBPTT for you: ``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called
 ``training_step(batch, batch_idx, hiddens)`` once per piece and stepped the optimizer after each.
 Lightning 2.0 removed that; here ``training_step`` does the same by hand, under manual optimization.
+``plain.py`` is the same step without Lightning; ``model.py`` holds the plain-torch pieces both use.
 """
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,38 +19,16 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.sequences import SequenceBatch, padding_mask
-from shared.errors import UserError, epochs_to_train
+from shared.errors import epochs_to_train, require
 from shared.visuals import log_text
-from systems.seq2seq.model import Decoder, Encoder, StreamState, detach_state
-
-# how example decodings show a token when the vocabulary is small enough for one character per token
-_ALPHABET = string.digits + string.ascii_letters
-_EXAMPLE_WIDTH = 64
-
-
-def time_chunks(length: int, chunk_size: int) -> list[slice]:
-    """The 1.x split along time: pieces of ``chunk_size`` steps, the last one shorter when need be."""
-    return [slice(start, min(start + chunk_size, length)) for start in range(0, length, chunk_size)]
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the real steps (``mask`` True); padded steps add nothing, not even gradients.
-
-    A piece with no real step (every sequence already ended) has loss 0.
-    """
-    safe_targets = targets.masked_fill(~mask, 0)
-    losses = F.cross_entropy(logits.transpose(1, 2), safe_targets, reduction="none")
-    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+from systems.seq2seq.decodings import Example, first_examples, format_decodings
+from systems.seq2seq.model import Decoder, Encoder, StreamState, chunk_loss, detach_state, greedy, time_chunks
 
 
 class Seq2Seq(pl.LightningModule):
-    """A streaming encoder-decoder that emits one target token per input token.
-
-    Training cuts every batch into chunks of ``truncated_bptt_steps`` time steps. Each chunk gets its own
-    forward, backward and optimizer step; both nets' states (and the decoder's last token) pass to the
-    next chunk detached, so gradients stop at chunk borders, and start afresh with every batch.
-    Validation, test and prediction stream the sequences through in the same chunks with greedy
-    decoding, carrying the state as a live stream would.
+    """A streaming encoder-decoder that emits one target token per input token, trained in chunks of
+    ``truncated_bptt_steps`` steps; validation, test and prediction stream the sequences through in the
+    same chunks, decoding greedily and carrying the state as a live stream would.
 
     Args:
         vocab_size: number of distinct tokens (linked from the datamodule); token ``vocab_size`` is padding
@@ -83,86 +61,32 @@ class Seq2Seq(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if vocab_size < 2:
-            raise UserError(
-                f"vocab_size must be at least 2, got {vocab_size}: let the CLI link it from the data."
-            )
-        if min(embedding_dim, hidden_size, num_layers) < 1:
-            raise UserError(
-                f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, "
-                f"{hidden_size} and {num_layers}: fix the model's sizes."
-            )
-        if truncated_bptt_steps < 1:
-            raise UserError(
-                f"truncated_bptt_steps must be a positive int, got {truncated_bptt_steps}: set "
-                "model.truncated_bptt_steps to the time steps per chunk (e.g. 32)."
-            )
-        if lr <= 0 or weight_decay < 0 or gradient_clip_val < 0 or num_examples < 0:
-            raise UserError(
-                f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
-                f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
-                f"num_examples={num_examples}: fix those model settings."
-            )
-        # the loop over chunks calls backward and step itself: Lightning must not do it once per batch
-        self.automatic_optimization = False
+        require(
+            min(embedding_dim, hidden_size, num_layers) >= 1,
+            f"embedding_dim, hidden_size and num_layers must be positive, got {embedding_dim}, {hidden_size} "
+            f"and {num_layers}: fix the model's sizes.",
+        )
+        require(
+            truncated_bptt_steps >= 1,
+            f"truncated_bptt_steps must be positive, got {truncated_bptt_steps}: set "
+            "model.truncated_bptt_steps to the time steps per chunk (e.g. 32).",
+        )
+        require(
+            lr > 0 and min(weight_decay, gradient_clip_val, num_examples) >= 0,
+            f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, "
+            f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, "
+            f"num_examples={num_examples}: fix those model settings.",
+        )
+        self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
-        self.train_acc = MulticlassAccuracy(vocab_size, average="micro")
+        # each stage's loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token
+        self.train_metrics = _metrics(vocab_size, streamed=False)
         self.eval_metrics = nn.ModuleDict(
-            {
-                stage: nn.ModuleDict(
-                    {
-                        "acc": MulticlassAccuracy(vocab_size, average="micro"),
-                        "acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"),
-                        "exact": MeanMetric(),
-                    }
-                )
-                for stage in ("val", "test")
-            }
+            {stage: _metrics(vocab_size, streamed=True) for stage in ("val", "test")}
         )
         # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
-        self.val_examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    # --- the two nets together, on one chunk ---------------------------------------------------------
-
-    def _unpack(self, state: StreamState | None, batch_size: int) -> tuple[Any, Any, torch.Tensor]:
-        """``None`` (1.x's first ``hiddens``) means a fresh stream: zero LSTM states, the start token."""
-        if state is not None:
-            return state
-        start = torch.full((batch_size,), self.decoder.start_token, dtype=torch.long, device=self.device)
-        return None, None, start
-
-    def forward(
-        self, inputs: torch.Tensor, state: StreamState | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
-        """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
-        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
-        encoded, encoder_state = self.encoder(inputs, encoder_state)
-        tokens, logits, decoder_state = self.decoder.greedy(encoded, last_token, decoder_state)
-        return tokens, logits, StreamState(encoder_state, decoder_state, tokens[:, -1])
-
-    def teacher_forced(
-        self, inputs: torch.Tensor, targets: torch.Tensor, state: StreamState | None = None
-    ) -> tuple[torch.Tensor, StreamState]:
-        """Logits (B, T, vocab) of one chunk, the true previous tokens fed to the decoder; the next state."""
-        encoder_state, decoder_state, last_token = self._unpack(state, inputs.shape[0])
-        encoded, encoder_state = self.encoder(inputs, encoder_state)
-        previous_tokens = torch.cat([last_token.unsqueeze(1), targets[:, :-1]], dim=1)
-        logits, decoder_state = self.decoder(encoded, previous_tokens, decoder_state)
-        return logits, StreamState(encoder_state, decoder_state, targets[:, -1])
-
-    def chunk_loss(
-        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
-        """The loss of one chunk over its real steps, its logits, and the state to hand to the next chunk."""
-        logits, state = self.teacher_forced(inputs, targets, state)
-        return masked_cross_entropy(logits, targets, mask), logits, state
-
-    def carry(self, state: StreamState) -> StreamState | None:
-        """What the next chunk starts from: this state detached, or nothing when states are not carried."""
-        return detach_state(state) if self.hparams.carry_states else None
-
-    # --- training: truncated backprop through time -------------------------------------------------------
+        self.val_examples: list[Example] = []
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         inputs, targets, lengths = self._same_length_in_every_process(batch)
@@ -174,23 +98,32 @@ class Seq2Seq(pl.LightningModule):
             loss, logits, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             optimizer.zero_grad()
             self.manual_backward(loss)
-            self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
-            optimizer.step()  # one optimizer step per chunk: trainer.global_step counts chunks
+            optimizer.step()  # one optimizer step per chunk (clipped in on_before_optimizer_step)
             state = self.carry(state)
             loss_sum += loss.detach() * mask[:, chunk].sum()
             predictions.append(logits.detach().argmax(dim=-1))
         # once per batch: a chunk may hold padding only (a short batch padded for DDP)
-        self.train_acc(torch.cat(predictions, dim=1)[mask], targets[mask])
-        batch_size = inputs.shape[0]
-        self.log(
-            "train/loss",
-            loss_sum / mask.sum(),
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-        )
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=batch_size)
+        metrics = self.train_metrics
+        metrics["loss"](loss_sum / mask.sum(), weight=mask.sum())
+        metrics["acc"](torch.cat(predictions, dim=1)[mask], targets[mask])
+        self.log("train/loss", metrics["loss"], on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", metrics["acc"], on_step=False, on_epoch=True)
+
+    def chunk_loss(
+        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """``model.chunk_loss`` on this system's nets: the chunk's loss, its logits, the state to hand on."""
+        return chunk_loss(self.encoder, self.decoder, inputs, targets, mask, state)
+
+    def carry(self, state: StreamState) -> StreamState | None:
+        """What the next chunk starts from: this state detached (gradients stop at the border), or nothing
+        when states are not carried."""
+        return detach_state(state) if self.hparams.carry_states else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # each chunk's clip, here rather than in training_step: under 16-mixed Lightning unscales the
+        # gradients inside optimizer.step(), just before this hook (Lightning issue #18089)
+        self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
         """Pad the batch to the longest batch of all processes: under DDP each backward all-reduces the
@@ -208,7 +141,18 @@ class Seq2Seq(pl.LightningModule):
         # run starts the next epoch at the learning rate an uninterrupted one would
         self.lr_schedulers().step()
 
-    # --- streaming evaluation and prediction -----------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def forward(
+        self, inputs: torch.Tensor, state: StreamState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+        """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
+        return greedy(self.encoder, self.decoder, inputs, state)
 
     def stream(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy-decode whole sequences (B, T) chunk by chunk, the state carried from each to the next."""
@@ -220,16 +164,9 @@ class Seq2Seq(pl.LightningModule):
             logits.append(chunk_logits)
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
-    def stream_loss(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The teacher-forced loss of whole sequences over their real steps, chunk by chunk as in training."""
-        state, loss_sum = None, torch.zeros((), device=self.device)
-        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
-            loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
-            state = self.carry(state)
-            loss_sum += loss * mask[:, chunk].sum()
-        return loss_sum / mask.sum().clamp(min=1)
-
     def _evaluate(self, batch: SequenceBatch, stage: str) -> torch.Tensor:
+        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks
+        as in training; the stream's tokens."""
         inputs, targets, lengths = batch
         mask = padding_mask(lengths, inputs.shape[1])
         tokens, _ = self.stream(inputs)
@@ -240,28 +177,25 @@ class Seq2Seq(pl.LightningModule):
         if late.any():
             metrics["acc_past_first_chunk"](tokens[late], targets[late])
         metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
-        batch_size = inputs.shape[0]
-        loss = self.stream_loss(inputs, targets, mask)
-        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch_size)
-        self.log(f"{stage}/acc", metrics["acc"], prog_bar=stage == "val", batch_size=batch_size)
-        self.log(f"{stage}/acc_past_first_chunk", metrics["acc_past_first_chunk"], batch_size=batch_size)
-        self.log(f"{stage}/exact", metrics["exact"], batch_size=batch_size)
+        state = None
+        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+            loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
+            metrics["loss"].update(loss, weight=mask[:, chunk].sum())
+            state = self.carry(state)
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name == "acc")
         return tokens
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         tokens = self._evaluate(batch, "val")
         if batch_idx == 0:
-            inputs, targets, lengths = batch
-            for i in range(min(self.hparams.num_examples, inputs.shape[0])):
-                n = int(lengths[i])
-                self.val_examples.append((inputs[i, :n].cpu(), targets[i, :n].cpu(), tokens[i, :n].cpu()))
+            self.val_examples += first_examples(batch, tokens, self.hparams.num_examples)
 
     def on_validation_epoch_end(self) -> None:
         # every process calls log_text (it joins a broadcast under DDP); rank 0 writes its own examples
         if self.hparams.num_examples > 0:
-            text = "\n\n".join(
-                format_decoding(*example, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)
-                for example in self.val_examples
+            text = format_decodings(
+                self.val_examples, self.hparams.vocab_size, self.hparams.truncated_bptt_steps
             )
             log_text(self.trainer, "val/decodings", f"epoch {self.current_epoch}\n\n{text}")
         self.val_examples.clear()
@@ -270,10 +204,8 @@ class Seq2Seq(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
-        """Stream whole sequences through chunk by chunk; one tensor of tokens per sequence, padding cut off.
-
-        ``batch`` is a datamodule batch ``(inputs, targets, lengths)`` or a bare (B, T) tensor of inputs.
-        """
+        """Stream whole sequences through chunk by chunk, from a datamodule batch ``(inputs, targets,
+        lengths)`` or a bare (B, T) tensor of inputs: one tensor of tokens per sequence, padding cut off."""
         if isinstance(batch, (list, tuple)):
             inputs, _, lengths = batch
         else:
@@ -281,39 +213,13 @@ class Seq2Seq(pl.LightningModule):
         tokens, _ = self.stream(inputs)
         return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        scheduler = CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-
-def format_decoding(
-    inputs: torch.Tensor, targets: torch.Tensor, tokens: torch.Tensor, vocab_size: int, chunk_size: int
-) -> str:
-    """One sequence as rows of input, target and output tokens, a ``^`` under each wrong output and a
-    ``|`` over each chunk border, wrapped every ``_EXAMPLE_WIDTH`` steps."""
-    width = 1 if vocab_size <= len(_ALPHABET) else len(str(vocab_size - 1)) + 1
-
-    def cells(values: torch.Tensor) -> list[str]:
-        if width == 1:
-            return [_ALPHABET[v] for v in values.tolist()]
-        return [str(v).rjust(width) for v in values.tolist()]
-
-    wrong = (tokens != targets).tolist()
-    rows = {
-        "chunks": ["|" if t % chunk_size == 0 and t > 0 else " " for t in range(len(inputs))],
-        "input": cells(inputs),
-        "target": cells(targets),
-        "output": cells(tokens),
-        "wrong": ["^" if w else " " for w in wrong],
-    }
-    lines = [f"{len(inputs)} steps, {len(wrong) - sum(wrong)} right, {sum(wrong)} wrong"]
-    for start in range(0, len(inputs), _EXAMPLE_WIDTH):
-        for name, row in rows.items():
-            piece = row[start : start + _EXAMPLE_WIDTH]
-            if width > 1 and name in ("chunks", "wrong"):
-                piece = [cell.rjust(width) for cell in piece]
-            lines.append(f"{name:>7} {''.join(piece)}".rstrip())
-    return "\n".join(lines)
+def _metrics(vocab_size: int, streamed: bool) -> nn.ModuleDict:
+    """One stage's metrics, logged as ``stage/name``: the loss per token and the token accuracy; for the
+    greedy stream (validation, test) also the accuracy past the first chunk and the share of sequences
+    decoded without an error."""
+    metrics = {"loss": MeanMetric(), "acc": MulticlassAccuracy(vocab_size, average="micro")}
+    if streamed:
+        metrics["acc_past_first_chunk"] = MulticlassAccuracy(vocab_size, average="micro")
+        metrics["exact"] = MeanMetric()
+    return nn.ModuleDict(metrics)

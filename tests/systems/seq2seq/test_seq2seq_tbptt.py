@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from datamodules.sequences import make_targets, padding_mask
+from datamodules.sequences import collate_sequences, make_targets, padding_mask
 from systems.seq2seq import Seq2Seq
-from systems.seq2seq.model import StreamState
+from systems.seq2seq.model import StreamState, teacher_forced
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
 
@@ -185,13 +186,14 @@ def test_chunked_evaluation_with_carried_state_equals_one_pass_over_the_whole_se
     model = tiny_model(7).eval()
     inputs, targets, _ = next(iter(batches_of(40, batches=1)))
     with torch.no_grad():
-        whole_logits, _ = model.teacher_forced(inputs, targets)
+        whole_logits, _ = teacher_forced(model.encoder, model.decoder, inputs, targets)
         whole_tokens, whole_greedy_logits, _ = model(inputs)
         chunked_tokens, chunked_greedy_logits = model.stream(inputs)
         state, pieces = None, []
         for start in range(0, 40, 7):
-            logits, state = model.teacher_forced(
-                inputs[:, start : start + 7], targets[:, start : start + 7], state
+            piece = slice(start, start + 7)
+            logits, state = teacher_forced(
+                model.encoder, model.decoder, inputs[:, piece], targets[:, piece], state
             )
             state = model.carry(state)
             pieces.append(logits)
@@ -248,23 +250,98 @@ def test_masked_padding_changes_neither_the_loss_nor_the_gradients() -> None:
         torch.testing.assert_close(garbage_grad, padded, atol=1e-6, rtol=1e-4)
 
 
-def test_gradients_are_clipped_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Manual optimization clips through ``self.clip_gradients`` before every optimizer step."""
-    model = tiny_model(8, gradient_clip_val=1e-3)
+def gradient_norms_at_each_update(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Patch ``AdamW.step`` to record the norm of the gradients each update applies: after the closure
+    Lightning passes it (which runs ``on_before_optimizer_step``), or as they are when a GradScaler calls it
+    without one."""
     norms: list[float] = []
     original_step = torch.optim.AdamW.step
 
-    def watching_step(self: torch.optim.Optimizer, *args: object, **kwargs: object) -> object:
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        norms.append(
-            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-        )
-        return original_step(self, *args, **kwargs)
+    def watching_step(self: torch.optim.Optimizer, closure: object = None) -> object:
+        def watched() -> object:
+            result = closure() if closure is not None else None
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            norms.append(
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            )
+            return result
+
+        return original_step(self, watched)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", watching_step)
+    return norms
+
+
+def test_gradients_are_clipped_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manual optimization clips through ``self.clip_gradients`` before every optimizer update."""
+    model = tiny_model(8, gradient_clip_val=1e-3)
+    norms = gradient_norms_at_each_update(monkeypatch)
     fit(model, batches_of(20, batches=1))
     assert len(norms) == 3
     assert max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+class ClippedInTrainingStep(Seq2Seq):
+    """Clips where Lightning's manual-optimization docs show it: in ``training_step``, between
+    ``manual_backward`` and ``optimizer.step()``."""
+
+    def manual_backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
+        super().manual_backward(loss, *args, **kwargs)
+        self.clip_gradients(self.optimizers(), self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+
+@pytest.mark.gpu
+def test_under_16_mixed_the_true_gradients_are_clipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under 16-mixed Lightning scales the loss and unscales the gradients only inside ``optimizer.step()``:
+    clipped in ``training_step`` they are the scaled ones (Lightning issue #18089), and the update applies
+    a gradient about 65536 times smaller than the clip value instead of one of that norm."""
+    norms = gradient_norms_at_each_update(monkeypatch)
+    for model_class in (Seq2Seq, ClippedInTrainingStep):
+        torch.manual_seed(0)
+        model = model_class(hidden_size=12, embedding_dim=6, truncated_bptt_steps=8, gradient_clip_val=1e-3)
+        norms.clear()
+        fit(model, batches_of(20, batches=8), accelerator="gpu", devices=1, precision="16-mixed")
+        assert norms  # the scaler skips the updates whose gradients overflowed, not all of them
+        assert max(norms) <= 1e-3 * (1 + 1e-3)
+        # every chunk's own gradient is far larger than 1e-3: clipped to that norm, not far below it
+        clipped_to_the_value = min(norms) >= 1e-3 * 0.99
+        assert clipped_to_the_value == (model_class is Seq2Seq), (model_class.__name__, min(norms))
+
+
+def test_epoch_losses_are_means_per_token(tmp_path: Path) -> None:
+    """Two batches of very different token counts (3 x 40 steps, then 3 sequences of 4, 3 and 2 steps):
+    each stage's epoch loss is the mean over all real tokens, not the mean of the two batches' means."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([40, 40, 40, 4, 3, 2])
+    mask = padding_mask(lengths, 40)
+    inputs = torch.randint(0, 10, (6, 40), generator=generator)
+    targets = make_targets(inputs, "running_sum", 10, 2).masked_fill(~mask, 10)
+    dataset = TensorDataset(inputs.masked_fill(~mask, 10), targets, lengths)
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_sequences)
+    tokens = [120, 9]
+
+    model = tiny_model(16, num_examples=0)
+    trainer = fit(model, loader, logger=CSVLogger(tmp_path), log_every_n_steps=1)
+    rows = [row.split(",") for row in (Path(trainer.logger.log_dir) / "metrics.csv").read_text().splitlines()]
+    column = {name: [float(row[i]) for row in rows[1:] if row[i]] for i, name in enumerate(rows[0])}
+    first, second = column["train/loss_step"]
+    (epoch,) = column["train/loss_epoch"]
+    assert epoch == pytest.approx((first * tokens[0] + second * tokens[1]) / sum(tokens), rel=1e-6)
+    assert abs(epoch - (first + second) / 2) > 1e-3  # what a mean of batch means would log instead
+
+    model.eval()
+    with torch.no_grad():  # every real token's loss, each sequence in one pass (chunks change nothing)
+        token_losses = []
+        for x, y, n in loader:
+            logits, _ = teacher_forced(model.encoder, model.decoder, x, y)
+            losses = F.cross_entropy(logits.transpose(1, 2), y.clamp(max=9), reduction="none")
+            token_losses.append(losses[padding_mask(n, x.shape[1])])
+    expected = float(torch.cat(token_losses).mean())
+    assert trainer.validate(model, loader, verbose=False)[0]["val/loss"] == pytest.approx(expected, rel=1e-5)
+    assert trainer.test(model, loader, verbose=False)[0]["test/loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_bad_chunk_size_is_refused_with_the_fix() -> None:
