@@ -47,7 +47,9 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for chunk in time_chunks(inputs.shape[1], truncated_bptt_steps):
             x, y, m = inputs[:, chunk], targets[:, chunk], mask[:, chunk]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
+            ):
                 loss, _, state = chunk_loss(encoder, decoder, x, y, m, state)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
