@@ -78,8 +78,9 @@ class Trainer(pl.Trainer):
 class SystemCLI(LightningCLI):
     """LightningCLI with this project's conventions, so that each ``train.py`` is a few lines.
 
-    - No arguments means ``fit`` with the system's ``config.yaml``; every subcommand reads that file as
-      its defaults, and ``--config`` files and flags override it.
+    - No subcommand means ``fit`` (``python -m systems.gan.train --trainer.max_epochs=5`` fits); every
+      subcommand reads the system's ``config.yaml`` as its defaults, and ``--config`` files and flags
+      override it.
     - TensorBoard and CSV loggers write into ONE folder, ``lightning_logs/<name>/version_N/``, claimed
       atomically (two runs started together never share one), where the checkpoints go too:
       ``checkpoints/last.ckpt`` after every epoch, and the best ones as the ``checkpoint`` section says.
@@ -122,8 +123,9 @@ class SystemCLI(LightningCLI):
         # allow_abbrev=False: argparse would otherwise take a mistyped --trainer.max_epoch for max_epochs;
         # exit_on_error=False: the parser's error comes as an exception, printed without its long usage
         defaults = {"default_config_files": [str(config_file)], "allow_abbrev": False, "exit_on_error": False}
-        if run and args is None and len(sys.argv) == 1:
-            args = ["fit"]
+        given = sys.argv[1:] if args is None else args
+        if run and isinstance(given, (list, tuple)) and not set(given) & {*SUBCOMMANDS, "-h", "--help"}:
+            args = ["fit", *given]  # no subcommand: fit, with whatever flags came
         with reported(on_bad_input=self.remove_what_was_written):
             super().__init__(
                 model_class,

@@ -45,6 +45,11 @@ def test_no_arguments_means_fit_with_config_yaml(monkeypatch: pytest.MonkeyPatch
     assert type(cli.datamodule).__name__ == "DigitsDataModule"
 
 
+def test_flags_without_a_subcommand_mean_fit() -> None:
+    cli = main([*SHORT, "--trainer.max_epochs=1", "--test_after_fit=false"])
+    assert cli.subcommand == "fit" and cli.trainer.global_step == 3
+
+
 def test_both_loggers_and_the_checkpoints_share_one_version_folder() -> None:
     main(["fit", *SHORT])
     folder = Path("lightning_logs/classifier/version_0")
