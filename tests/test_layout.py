@@ -24,7 +24,7 @@ def imported_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_the_system_folder_has_its_anatomy(system: str) -> None:
     folder = ROOT / "systems" / system
-    for name in ("__init__.py", "model.py", "module.py", "train.py", "config.yaml", "README.md"):
+    for name in ("__init__.py", "model.py", "module.py", "plain.py", "train.py", "config.yaml", "README.md"):
         assert (folder / name).is_file(), name
     package = importlib.import_module(f"systems.{system}")
     exported = [getattr(package, name) for name in package.__all__]
@@ -32,8 +32,9 @@ def test_the_system_folder_has_its_anatomy(system: str) -> None:
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_model_py_is_plain_torch(system: str) -> None:
-    imports = imported_modules(ROOT / "systems" / system / "model.py")
+@pytest.mark.parametrize("file", ["model.py", "plain.py"])
+def test_model_py_and_plain_py_are_plain_torch(system: str, file: str) -> None:
+    imports = imported_modules(ROOT / "systems" / system / file)
     assert not {name for name in imports if name.split(".")[0] in ("pytorch_lightning", "lightning")}
 
 

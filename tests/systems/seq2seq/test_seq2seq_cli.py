@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from systems.seq2seq import Seq2Seq
 from systems.seq2seq.train import main
-from tests.helpers import QUIET, ROOT, assert_same_weights, refused, run_module, send_signal
+from tests.helpers import QUIET, assert_same_weights, refused, run_module, send_signal
 
 # a few short sequences and a small model: seconds per run
 TINY = [
@@ -145,26 +141,6 @@ def test_predict_streams_each_whole_sequence() -> None:
 def test_a_wrong_config_value_is_refused_with_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
     assert "truncated_bptt_steps" in refused(capsys, main, ["fit", *QUIET, "--model.truncated_bptt_steps=0"])
     assert "data.delay" in refused(capsys, main, ["fit", *QUIET, "--data.init_args.delay=500"])
-
-
-def test_the_copied_folders_run_on_their_own(tmp_path: Path) -> None:
-    """Copy the system with shared/ and datamodules/ into an empty project and run it there, with no
-    PYTHONPATH: the bytecode caches written next to the copies prove that the copies were imported."""
-    for folder in ("shared", "datamodules", "systems/seq2seq"):
-        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "systems" / "__init__.py", tmp_path / "systems" / "__init__.py")
-    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
-    result = subprocess.run(
-        [sys.executable, "-m", "systems.seq2seq.train", "fit", "--trainer.fast_dev_run=true"],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    for folder in ("shared", "datamodules", "systems/seq2seq"):
-        assert list((tmp_path / folder / "__pycache__").glob("*.pyc")), folder
 
 
 @pytest.mark.slow

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -158,42 +155,6 @@ def test_resume_after_the_unfreeze_milestone_matches_an_uninterrupted_run(pretra
     assert set(expected) == set(got)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert not torch.equal(expected["backbone.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"])
-
-
-def test_copy_runs_pretrain_then_train_without_this_checkout(tmp_path: Path) -> None:
-    copy = tmp_path / "copy"
-    (copy / "systems").mkdir(parents=True)
-    shutil.copy(ROOT / "systems" / "__init__.py", copy / "systems")
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(ROOT / "systems" / "transfer", copy / "systems" / "transfer", ignore=ignore)
-    for package in ("shared", "datamodules"):
-        shutil.copytree(ROOT / package, copy / package, ignore=ignore)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result
-
-    where = run(
-        "-c",
-        "import systems.transfer.train, shared.cli, datamodules; print(systems.transfer.train.__file__, "
-        "shared.cli.__file__, datamodules.__file__)",
-    )
-    assert all(Path(path).is_relative_to(copy) for path in where.stdout.split())
-    run(
-        "-m",
-        "systems.transfer.pretrain",
-        "fit",
-        "--trainer.max_epochs=1",
-        *SMALL[2:],
-        "--test_after_fit=false",
-    )
-    assert (copy / PRETRAINED_BACKBONE).is_file()
-    result = run("-m", "systems.transfer.train", "fit", "--trainer.fast_dev_run=true")
-    assert f"Backbone weights loaded from {PRETRAINED_BACKBONE}" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
