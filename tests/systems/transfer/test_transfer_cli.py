@@ -1,5 +1,5 @@
-"""The transfer system through its command lines: pretrain -> export -> train, checkpoints, resume, the copy
-test, DDP, and the learning test (transfer against training from scratch)."""
+"""The transfer system through its command lines: pretrain -> export -> train, checkpoints, resume, DDP,
+and the learning test (transfer against training from scratch)."""
 
 from __future__ import annotations
 
