@@ -48,7 +48,7 @@ class EpochSequentialSampler(SequentialSampler):
 class ResumableDataLoader(DataLoader):
     """A DataLoader that a checkpoint written in the middle of an epoch resumes exactly.
 
-    Resuming from such a checkpoint (``on_exception.ckpt``, ``every_n_train_steps``), Lightning 2.x counts
+    Resuming from such a checkpoint (``interrupted.ckpt``, ``every_n_train_steps``), Lightning 2.x counts
     the epoch on from the saved batch but a plain loader starts the epoch over: the resumed epoch sees its
     first batches a second time and never its last ones. Lightning keeps ``state_dict()`` of a training
     loader that has one in the checkpoint and hands it back on resume: this one records the epoch its

@@ -1,0 +1,38 @@
+"""The one command for a GPU lease, run with tiny sizes on the CPU: every part finishes and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+
+@pytest.mark.slow
+def test_the_gpu_run_script_runs_end_to_end_with_tiny_sizes(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "GPU_RUN_PRESET": "tiny",
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # python3 is this interpreter
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/gpu_run.sh"), str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    files = sorted(
+        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()
+    )
+    assert len(files) == 8  # what one device call brings back at most
+    checks = json.loads((tmp_path / "out/gpu_checks.json").read_text())["checks"]
+    assert [c["name"] for c in checks if c["status"] != "ok"] == []
+    assert {"classifier fit at bf16-mixed", "classifier resume from last.ckpt"} <= {c["name"] for c in checks}
