@@ -160,7 +160,7 @@ def test_a_mistyped_key_in_a_config_file_is_named(tmp_path: Path, capsys: pytest
     ("flag", "message"),
     [
         ("--model.lr=-1", "lr must be > 0"),
-        ("--model.dropout=1.5", "dropout in"),
+        ("--model.dropout=1.5", "model.dropout must be in [0, 1)"),
         ("--data.batch_size=0", "data.batch_size must be 1 or more"),
     ],
 )
