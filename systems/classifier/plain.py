@@ -34,7 +34,8 @@ def train(
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     accuracy = MulticlassAccuracy(num_classes).to(device)
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    # float16 scales the loss so that small gradients survive; for other dtypes the scaler passes through
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     losses = []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -45,13 +46,9 @@ def train(
             loss = F.cross_entropy(logits, y)
         accuracy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:  # float16: scale the loss so small gradients survive, unscale before the step
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         schedule.step()
         losses.append(loss.detach())
         on_step()

@@ -39,7 +39,8 @@ def train(
     critic.to(device).train()
     d_optimizer = torch.optim.Adam(critic.parameters(), lr=lr_discriminator, betas=betas)
     g_optimizer = torch.optim.Adam(generator.parameters(), lr=lr_generator, betas=betas)
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    # float16 scales the loss so that small gradients survive; for other dtypes the scaler passes through
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     losses = []
     for batch_idx, batch in batches:
         real = batch[0].to(device, non_blocking=True)
@@ -60,13 +61,9 @@ def train(
             else:
                 loss = -critic(generator(z)).mean()
         optimizer.zero_grad()
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:  # float16: scale the loss so small gradients survive, unscale before the step
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         other.requires_grad_(True)
         losses.append(loss.detach())
         on_step()

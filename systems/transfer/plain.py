@@ -54,7 +54,8 @@ def train(
     if trainable:
         groups.append({"name": "backbone", "params": trainable, "lr": backbone_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
+    # float16 scales the loss so that small gradients survive; for other dtypes the scaler passes through
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     losses = []
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -68,13 +69,9 @@ def train(
                 features = backbone(x)
             loss = F.cross_entropy(head(features), y)
         optimizer.zero_grad(set_to_none=True)
-        if scaler:  # float16 only: scale the loss so that small gradients do not underflow
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         losses.append(loss.detach())
         on_step()
     return losses
