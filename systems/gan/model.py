@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 
 def upsampling_plan(side: int) -> tuple[int, int]:
@@ -23,10 +24,13 @@ def upsampling_plan(side: int) -> tuple[int, int]:
 class Generator(nn.Module):
     """Latent vector -> image in [-1, 1]: a linear layer to ``start x start`` maps, then one
     ``ConvTranspose2d(4, stride 2)`` with BatchNorm and ReLU per doubling, halving the channels each time
-    (DCGAN), and a 3x3 convolution to the image channels with ``tanh``.
+    (DCGAN); then ``blocks`` 3x3 Conv-BatchNorm-ReLU blocks at full resolution, and a 3x3 convolution to
+    the image channels with ``tanh``.
     """
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64) -> None:
+    def __init__(
+        self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64, blocks: int = 0
+    ) -> None:
         super().__init__()
         channels, height, side = image_shape
         if height != side:
@@ -47,6 +51,12 @@ class Generator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             in_channels //= 2
+        for _ in range(blocks):
+            layers += [
+                nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(in_channels),
+                nn.ReLU(inplace=True),
+            ]
         layers += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
 
@@ -96,3 +106,22 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
         # the small constant keeps the norm's gradient finite where an input gradient is exactly zero
         norms = (grads.flatten(1).square().sum(1) + 1e-12).sqrt()
         return (norms - 1).square().mean()
+
+
+def averaged(generator: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``generator``'s weights and BatchNorm statistics, the generator that
+    draws the samples (as in StyleGAN and BigGAN: the average of a GAN's late weights makes cleaner images than
+    the last ones). Call ``update_parameters(generator)`` after every generator step. The decay rises as
+    ``(1 + n) / (10 + n)`` after ``n`` updates until it reaches ``decay``, so the average does not sit on the
+    initial weights while a run is short. No gradient: no optimizer owns these weights."""
+
+    @torch.no_grad()
+    def moved(averages: list[torch.Tensor], currents: list[torch.Tensor], n: torch.Tensor) -> None:
+        weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay)  # a tensor: no wait for the GPU
+        for average, current in zip(averages, currents, strict=True):
+            if average.is_floating_point():
+                average.lerp_(current, weight.to(average.dtype))
+            else:  # BatchNorm's batch counter
+                average.copy_(current)
+
+    return AveragedModel(generator, multi_avg_fn=moved, use_buffers=True).requires_grad_(False)

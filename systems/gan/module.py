@@ -20,7 +20,7 @@ from torch.optim.lr_scheduler import LinearLR
 
 from shared.errors import epochs_to_train, require
 from shared.visuals import log_image_grid
-from systems.gan.model import Discriminator, Generator, gradient_penalty
+from systems.gan.model import Discriminator, Generator, averaged, gradient_penalty
 from systems.gan.quality import SampleQuality
 
 
@@ -32,6 +32,10 @@ class GAN(pl.LightningModule):
             the images come in [-1, 1], the range of the generator's ``tanh``.
         latent_dim: length of the generator's input noise vector.
         width: channels of the critic's first layer and of the generator's last; they double per halving.
+        generator_blocks: 3x3 convolution blocks the generator adds at full resolution, after its doublings.
+        ema_decay: the samples (grid, score, ``predict``, ``forward``) come from ``generator_ema``, an
+            exponential moving average of the generator's weights with this decay; 0 draws them from the
+            trained generator itself.
         loss: ``wgan-gp`` (Wasserstein critic with gradient penalty) or ``bce`` (non-saturating GAN loss).
         n_critic: critic (discriminator) batches per cycle, 1.x's ``frequency`` of the first optimizer.
         n_generator: generator batches per cycle, 1.x's ``frequency`` of the second optimizer.
@@ -57,13 +61,15 @@ class GAN(pl.LightningModule):
         image_shape: tuple[int, int, int] = (1, 8, 8),
         latent_dim: int = 64,
         width: int = 32,
+        generator_blocks: int = 2,
+        ema_decay: float = 0.999,
         loss: Literal["wgan-gp", "bce"] = "wgan-gp",
-        n_critic: int = 5,
+        n_critic: int = 2,
         n_generator: int = 1,
         gp_weight: float = 10.0,
-        lr_generator: float = 5e-4,
+        lr_generator: float = 2e-3,
         lr_discriminator: float = 5e-4,
-        betas: tuple[float, float] = (0.5, 0.9),
+        betas: tuple[float, float] = (0.0, 0.9),
         lr_decay_to: float = 1.0,
         scheduler_cadence: Literal["every_epoch", "lightning_1x"] = "every_epoch",
         grid_size: int = 64,
@@ -84,9 +90,14 @@ class GAN(pl.LightningModule):
             min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1,
             "model.lr_generator and model.lr_discriminator must be > 0, model.lr_decay_to in (0, 1].",
         )
+        require(
+            generator_blocks >= 0 and 0 <= ema_decay < 1,
+            "model.generator_blocks must be 0 or more, model.ema_decay in [0, 1) (0: no average).",
+        )
         self.automatic_optimization = False
-        self.generator = Generator(latent_dim, image_shape, width)
+        self.generator = Generator(latent_dim, image_shape, width, generator_blocks)
         self.discriminator = Discriminator(image_shape, width)
+        self.generator_ema = averaged(self.generator, ema_decay) if ema_decay else None
         # a buffer: it follows the module to its device and is saved, so every grid shows the same latents
         latents = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(0))
         self.register_buffer("fixed_latents", latents)
@@ -116,6 +127,8 @@ class GAN(pl.LightningModule):
             self.manual_backward(loss)
         optimizer.step()
         self.untoggle_optimizer(optimizer)
+        if not critic and self.generator_ema is not None:
+            self.generator_ema.update_parameters(self.generator)
         self._log_epoch_mean("train/d_loss" if critic else "train/g_loss", loss, real.shape[0], prog_bar=True)
 
     def critic_loss(self, real: torch.Tensor) -> torch.Tensor:
@@ -198,7 +211,7 @@ class GAN(pl.LightningModule):
     # --- samples: the grid, validation's score, predict ---
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.generator(z)
+        return self.render(z)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -211,11 +224,13 @@ class GAN(pl.LightningModule):
 
     @torch.no_grad()
     def render(self, z: torch.Tensor) -> torch.Tensor:
-        """The generator's images for latents ``z``, in eval mode, leaving its train/eval mode as it was."""
-        was_training = self.generator.training
-        self.generator.eval()
-        images = self.generator(z).float()
-        self.generator.train(was_training)
+        """The images of the sampling generator (the average, if any) for latents ``z``, in eval mode, leaving
+        its train/eval mode as it was."""
+        generator = self.generator if self.generator_ema is None else self.generator_ema.module
+        was_training = generator.training
+        generator.eval()
+        images = generator(z).float()
+        generator.train(was_training)
         return images
 
     def draw_grid(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from systems.gan.model import gradient_penalty
 
@@ -25,16 +26,18 @@ def train(
     *,
     device: torch.device,
     latent_dim: int,
-    n_critic: int = 5,
+    n_critic: int = 2,
     n_generator: int = 1,
     gp_weight: float = 10.0,
-    lr_generator: float = 5e-4,
+    lr_generator: float = 2e-3,
     lr_discriminator: float = 5e-4,
-    betas: tuple[float, float] = (0.5, 0.9),
+    betas: tuple[float, float] = (0.0, 0.9),
+    average: AveragedModel | None = None,
     autocast_dtype: torch.dtype | None = None,
     on_step: Callable[[], None] = lambda: None,
 ) -> list[torch.Tensor]:
-    """WGAN-GP on ``(batch_idx, batch)`` pairs, ``batch_idx`` counted within each epoch; each batch's loss."""
+    """WGAN-GP on ``(batch_idx, batch)`` pairs, ``batch_idx`` counted within each epoch; each batch's loss.
+    ``average`` (``model.averaged``), if given, follows the generator after each of its steps."""
     generator.to(device).train()
     critic.to(device).train()
     d_optimizer = torch.optim.Adam(critic.parameters(), lr=lr_discriminator, betas=betas)
@@ -65,6 +68,8 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         other.requires_grad_(True)
+        if not critic_batch and average is not None:
+            average.update_parameters(generator)
         losses.append(loss.detach())
         on_step()
     return losses
@@ -74,16 +79,17 @@ def main(epochs: int = 20, batch_size: int = 64) -> list[torch.Tensor]:
     """Train on scikit-learn's bundled 8x8 digits in [-1, 1]; print how the critic's loss moved."""
     from sklearn.datasets import load_digits
 
-    from systems.gan.model import Discriminator, Generator
+    from systems.gan.model import Discriminator, Generator, averaged
 
     torch.manual_seed(42)
     images = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 8.0 - 1.0
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size, shuffle=True)
-    generator, critic = Generator(64, (1, 8, 8), 32), Discriminator((1, 8, 8), 32)
+    generator, critic = Generator(64, (1, 8, 8), 32, blocks=2), Discriminator((1, 8, 8), 32)
     # the cycle restarts with every epoch, as in 1.x: batch_idx counts within the epoch
     batches = ((batch_idx, batch) for _ in range(epochs) for batch_idx, batch in enumerate(loader))
-    losses = train(generator, critic, batches, device=torch.device("cpu"), latent_dim=64)
-    critic = [loss.item() for i, loss in enumerate(losses) if i % len(loader) % 6 < 5]
+    average = averaged(generator, 0.999)  # the generator to draw samples from
+    losses = train(generator, critic, batches, device=torch.device("cpu"), latent_dim=64, average=average)
+    critic = [loss.item() for i, loss in enumerate(losses) if i % len(loader) % 3 < 2]  # n_critic=2
     per_epoch = len(critic) // epochs
     print(
         f"{len(losses)} batches; the critic's loss, mean of the first epoch {sum(critic[:per_epoch]) / per_epoch:+.2f}, "

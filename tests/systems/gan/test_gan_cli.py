@@ -9,6 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from datamodules import DigitsDataModule
+from systems.gan import GAN
 from systems.gan.train import main
 from tests.helpers import QUIET, run_module
 
@@ -84,18 +86,41 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
         assert [row["val/fd"] for row in csv.DictReader(file) if row.get("val/fd")]
 
 
+def outside_reading(images: torch.Tensor) -> tuple[float, list[float]]:
+    """How a classifier we did not train reads images in [-1, 1]: an RBF support-vector machine (scikit-learn's
+    defaults, probability=True) fitted to the real training digits of ``DigitsDataModule`` (seed 42). Returns
+    the mean confidence of its readings and each digit's share of them."""
+    import warnings
+
+    from sklearn.svm import SVC
+
+    data = DigitsDataModule(value_range=(0.0, 1.0))
+    data.setup("fit")
+    x, y = zip(*(data.train_set[i] for i in range(len(data.train_set))), strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # probability=True: deprecated in favour of a calibration wrapper
+        svc = SVC(probability=True, random_state=0).fit(torch.stack(x).flatten(1).numpy() * 16, list(y))
+        probabilities = svc.predict_proba(((images.clamp(-1, 1) + 1) * 8).flatten(1).numpy())
+    shares = torch.bincount(torch.from_numpy(probabilities.argmax(1)), minlength=10) / len(probabilities)
+    return float(probabilities.max(1).mean()), shares.tolist()
+
+
 @pytest.mark.slow
-def test_the_default_run_learns_digits(tmp_path: Path) -> None:
-    """``python -m systems.gan.train`` as it is; its final score against the same score of the untrained
-    generator (the same initial weights: same seed, no training)."""
+def test_the_default_run_draws_digits_an_outside_classifier_recognises(tmp_path: Path) -> None:
+    """``python -m systems.gan.train`` as it is, scored by a classifier it never saw: the README's promise
+    (confidence 0.80 or more, every digit in 3% of the samples or more) and far above the untrained generator
+    (the same initial weights: same seed, no training)."""
     result = run_module("systems.gan.train", cwd=tmp_path, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "lightning_logs" / "gan" / "version_0"
+    trained = GAN.load_from_checkpoint(folder / "checkpoints" / "last.ckpt")
+    untrained = main(QUIET, run=False).model
+    draw = torch.Generator().manual_seed(1234)
+    confidence, shares = outside_reading(trained.sample(2000, generator=draw))
+    before, _ = outside_reading(untrained.sample(2000, generator=torch.Generator().manual_seed(1234)))
+    # measured: 0.851 (each digit 8.5% to 12.0%); the untrained generator 0.19; real held-out digits 0.93
+    assert confidence >= 0.8 and min(shares) >= 0.03, (confidence, shares)
+    assert before < 0.4
     with open(folder / "metrics.csv") as file:
-        trained = [row for row in csv.DictReader(file) if row.get("val/fd")][-1]
-    untrained = main(["validate", *QUIET], run=True)
-    before = untrained.trainer.callback_metrics
-    # measured: FD 1123 -> 19.5, judge score 1.04 -> 7.15, classes 6 -> 9 (the README's table)
-    assert float(trained["val/fd"]) < 0.05 * before["val/fd"].item()
-    assert float(trained["val/judge_score"]) > before["val/judge_score"].item() + 4
-    assert float(trained["val/judge_classes"]) >= 8
+        scored = [row for row in csv.DictReader(file) if row.get("val/fd")][-1]
+    assert float(scored["val/judge_classes"]) == 10
