@@ -33,9 +33,8 @@ class GAN(pl.LightningModule):
         latent_dim: length of the generator's input noise vector.
         width: channels of the critic's first layer and of the generator's last; they double per halving.
         generator_blocks: 3x3 convolution blocks the generator adds at full resolution, after its doublings.
-        ema_decay: the samples (grid, score, ``predict``, ``forward``) come from ``generator_ema``, an
-            exponential moving average of the generator's weights with this decay; 0 draws them from the
-            trained generator itself.
+        ema_decay: decay of ``generator_ema``, the moving average of the generator's weights that draws every
+            sample (grid, score, ``predict``, ``forward``); 0: the trained generator draws them.
         loss: ``wgan-gp`` (Wasserstein critic with gradient penalty) or ``bce`` (non-saturating GAN loss).
         n_critic: critic (discriminator) batches per cycle, 1.x's ``frequency`` of the first optimizer.
         n_generator: generator batches per cycle, 1.x's ``frequency`` of the second optimizer.
@@ -85,14 +84,13 @@ class GAN(pl.LightningModule):
         require(height == side >= 4, f"The GAN needs square images of 4 px or more, got {height}x{side}.")
         sizes = (latent_dim, width, grid_size, grid_every_n_epochs, grid_scale, judge_samples)
         require(min(n_critic, n_generator) >= 1, "model.n_critic and model.n_generator must be 1 or more.")
-        require(min(sizes) >= 1, "model sizes, grid_* and judge_samples must be 1 or more.")
         require(
-            min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1,
-            "model.lr_generator and model.lr_discriminator must be > 0, model.lr_decay_to in (0, 1].",
+            min(sizes) >= 1 and generator_blocks >= 0,
+            "model.latent_dim, width, grid_* and judge_samples must be 1 or more, generator_blocks 0 or more.",
         )
         require(
-            generator_blocks >= 0 and 0 <= ema_decay < 1,
-            "model.generator_blocks must be 0 or more, model.ema_decay in [0, 1) (0: no average).",
+            min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1 and 0 <= ema_decay < 1,
+            "model.lr_generator and lr_discriminator must be > 0, lr_decay_to in (0, 1], ema_decay in [0, 1).",
         )
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, image_shape, width, generator_blocks)

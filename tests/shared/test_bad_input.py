@@ -40,6 +40,8 @@ def nothing_written() -> bool:
         (seq2seq, ["--model.vocab_size=1"], 'Linked "model.vocab_size" must be given via "data.vocab_size"'),
         (seq2seq, ["--data.vocab_size=1"], "data.vocab_size must be 2 or more, got 1"),
         (gan, ["--model.n_critic=0"], "model.n_critic and model.n_generator must be 1 or more"),
+        (gan, ["--model.generator_blocks=-1"], "generator_blocks 0 or more"),
+        (gan, ["--model.ema_decay=1"], "ema_decay in [0, 1)"),
     ],
 )
 def test_a_bad_value_is_one_sentence_with_nothing_written(
