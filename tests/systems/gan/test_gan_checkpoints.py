@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import yaml
 
@@ -169,3 +170,19 @@ def test_fast_dev_run_steps_no_scheduler_before_its_optimizer(
 ) -> None:
     main(["fit", *fast, "--model.lr_decay_to=0.5", "--trainer.fast_dev_run=1"])
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
+def test_a_checkpoint_from_before_the_average_loads_with_the_old_architecture_named(tmp_path: Path) -> None:
+    """Checkpoints written before ``generator_blocks`` and ``ema_decay`` existed (their hyper-parameters
+    lack both): the new defaults refuse them, naming the weights that do not fit; the README's two
+    overrides load them and draw the images the old generator drew."""
+    old = GAN(generator_blocks=0, ema_decay=0.0)
+    hyper_parameters = {k: v for k, v in old.hparams.items() if k not in ("generator_blocks", "ema_decay")}
+    path = tmp_path / "old.ckpt"
+    version = {"pytorch-lightning_version": pl.__version__}
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": hyper_parameters, **version}, path)
+
+    with pytest.raises(RuntimeError, match=r"generator\.body"):
+        GAN.load_from_checkpoint(path)
+    loaded = GAN.load_from_checkpoint(path, generator_blocks=0, ema_decay=0.0)
+    assert torch.equal(loaded.render(old.fixed_latents), old.render(old.fixed_latents))
