@@ -8,7 +8,12 @@ import pytest
 
 from tests.helpers import ROOT
 
-READMES = sorted(p for p in ROOT.glob("**/README.md") if ".venv" not in p.parts and ".git" not in p.parts)
+# the project's own: not those of hidden folders (.venv, .git, the caches pytest and ruff write)
+READMES = sorted(
+    p
+    for p in ROOT.glob("**/README.md")
+    if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+)
 DEFINED = {
     m
     for p in (ROOT / "tests").rglob("test_*.py")
