@@ -6,6 +6,7 @@ import argparse
 import datetime
 import platform
 import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -115,21 +116,25 @@ def run_trainer(
     """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses."""
     module = fresh_start(workload, sizes, precision, device)
     timer = TrainerWindows(windows)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision.lightning,
-        max_epochs=1,
-        limit_train_batches=windows.total_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
-    )
-    trainer.fit(module, train_dataloaders=data)
+    # without a logger, Lightning's log folder is the root folder: what a module draws (the GAN's grid
+    # after its last epoch) goes to a folder of its own, not into the working folder
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = pl.Trainer(
+            default_root_dir=scratch,
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            precision=precision.lightning,
+            max_epochs=1,
+            limit_train_batches=windows.total_steps,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
+        )
+        trainer.fit(module, train_dataloaders=data)
     return finish(windows, device, module, timer.losses)
 
 

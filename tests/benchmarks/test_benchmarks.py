@@ -50,6 +50,15 @@ def test_parity_runs_both_loops_and_their_losses_agree(tmp_path: Path) -> None:
     assert "| classifier | fp32 |" in table and "| yes (weights differ by" in table
 
 
+def test_a_benchmark_writes_only_its_results(tmp_path: Path) -> None:
+    """Its Trainer has no logger, so Lightning's log folder is the working folder: the GAN's sample grid,
+    drawn after the last epoch, must not land there (it did, as ``samples/epoch=000.png``)."""
+    amp.main(
+        [*TINY, "--runs=1", "--workloads", "gan", "--precisions", "fp32", "--out", str(tmp_path / "out")]
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_a_size_override_must_name_a_known_key(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"WORKLOAD\.KEY=N"):
         amp.main([*TINY, "--workloads", "classifier", "--size", "classifier.depth=3", "--out", str(tmp_path)])
