@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few batches (a CPU dry run)")
     parser.add_argument("--skip-pytest", action="store_true", help="leave out the two pytest runs")
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # the fits run in a temporary working folder
     device = pick_device(args.accelerator)
     cuda = device.type == "cuda"
     accelerator = [
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the most telling first: a time limit cuts the end
     if not args.skip_pytest:
         record(pytest_run("pytest -m gpu", ["-m", "gpu"]))
-    with tempfile.TemporaryDirectory() as folder, working_in(Path(folder)):
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder):
         for system, flags in SYSTEMS.items():
             for precision in precisions:
                 record(fit_check(system, [*flags(args.quick), *accelerator], precision))
@@ -107,16 +108,6 @@ def pytest_run(name: str, selection: list[str]) -> dict[str, Any]:
         "summary": summary,
         "failures": failures[:20],
     }
-
-
-@contextlib.contextmanager
-def working_in(folder: Path) -> Any:
-    previous = Path.cwd()
-    os.chdir(folder)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
 
 
 def CLASSIFIER_FLAGS(quick: bool) -> list[str]:
