@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import amp, parity
 from benchmarks.workloads import WORKLOADS
@@ -71,11 +72,22 @@ def test_every_workload_has_the_three_presets_with_the_same_keys(name: str) -> N
     assert presets["gpu"].keys() == presets["cpu"].keys() == presets["tiny"].keys()
 
 
+def bf16_lstm_runs_here() -> bool:
+    """oneDNN runs a bf16 LSTM only on CPUs with AVX-512 (an AVX2-only one refuses the primitive)."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(2, 2)(torch.randn(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("name", sorted(WORKLOADS))
 def test_each_plain_loop_does_what_its_lightning_module_does(name: str, tmp_path: Path) -> None:
     """The parity ratio means something only if both loops do the same arithmetic: same final weights."""
+    precisions = ["fp32", "bf16-mixed"] if name != "seq2seq" or bf16_lstm_runs_here() else ["fp32"]
     payload = parity.main(
-        [*TINY, "--workloads", name, "--precisions", "fp32", "bf16-mixed", "--runs=1", "--out", str(tmp_path)]
+        [*TINY, "--workloads", name, "--precisions", *precisions, "--runs=1", "--out", str(tmp_path)]
     )
     for row in payload["rows"]:
         assert row["same_result"], (row["precision"], row["max_weight_difference"])
