@@ -192,13 +192,15 @@ def system_facts(system: str, cli: Any, before: dict[str, torch.Tensor]) -> dict
     problems: list[str] = []
     facts: dict[str, Any] = {}
     if system == "gan":
+        from systems.gan.model import is_critic_batch
+
         critic, generator = (adam_steps(opt) for opt in cli.trainer.optimizers)
         facts.update(critic_steps=critic, generator_steps=generator)
         # 2 epochs of 12 batches, the (n_critic, n_generator) cycle restarting each epoch, one step per batch
         # (global_step 24); at 16-mixed the GradScaler skips the steps whose gradients overflow while it
         # finds its scale
-        cycle = cli.model.hparams.n_critic + cli.model.hparams.n_generator
-        expected = 2 * sum(i % cycle < cli.model.hparams.n_critic for i in range(12))
+        hp = cli.model.hparams
+        expected = 2 * sum(is_critic_batch(i, hp.n_critic, hp.n_generator) for i in range(12))
         skipped = 24 - critic - generator
         if cli.trainer.global_step != 24 or critic > expected or generator > 24 - expected or skipped > 5:
             problems.append(

@@ -1,23 +1,17 @@
-"""LightningDataModules shared by the systems; each exposes the facts a model needs as attributes."""
+"""LightningDataModules shared by the systems; each exposes the facts a model needs as attributes.
 
-from datamodules.cifar import CIFAR10DataModule
-from datamodules.common import (
-    EpochSeededRandomSampler,
-    EpochSequentialSampler,
-    ImageDataModule,
-    ResumableDataLoader,
-)
-from datamodules.digits import DigitsDataModule
-from datamodules.mnist import MNISTDataModule
-from datamodules.sequences import SequenceDataModule
+``datamodules.DigitsDataModule`` imports ``digits.py`` alone, when first named: a copied system takes only the
+datamodules it uses."""
 
-__all__ = [
-    "CIFAR10DataModule",
-    "DigitsDataModule",
-    "EpochSeededRandomSampler",
-    "EpochSequentialSampler",
-    "ImageDataModule",
-    "MNISTDataModule",
-    "ResumableDataLoader",
-    "SequenceDataModule",
-]
+from importlib import import_module
+from typing import Any
+
+_FILES = {"DigitsDataModule": "digits", "MNISTDataModule": "mnist", "CIFAR10DataModule": "cifar"}
+_FILES["SequenceDataModule"] = "sequences"
+__all__ = sorted(_FILES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FILES:
+        raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
+    return getattr(import_module(f"datamodules.{_FILES[name]}"), name)

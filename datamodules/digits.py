@@ -13,7 +13,7 @@ from shared.errors import require
 
 
 class DigitsDataModule(ImageDataModule):
-    """The offline default for every image system.
+    """The offline default of every image system.
 
     Args:
         batch_size: images per batch.
@@ -25,12 +25,11 @@ class DigitsDataModule(ImageDataModule):
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         num_workers: DataLoader worker processes (the data is a tensor in memory: 0 is fastest).
         seed: seed of the train/val/test split and of the shuffle.
-        half: use only the ``first`` or ``second`` half of the 1,797 images (as scikit-learn orders them), so
-            that two runs, e.g. a pretraining and a transfer, never share an image; null uses them all.
+        half: only the ``first`` or ``second`` half of the images (as scikit-learn orders them), so that two runs,
+            e.g. a pretraining and a transfer, never share an image; null: all of them.
     """
 
-    pixel_mean = (0.3053,)
-    pixel_std = (0.3760,)
+    pixel_mean, pixel_std = (0.3053,), (0.3760,)
 
     def __init__(
         self,
@@ -48,37 +47,29 @@ class DigitsDataModule(ImageDataModule):
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
         require(
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1,
-            f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) "
-            "and sum to less than 1: leave some images for training.",
+            f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) and sum "
+            "to less than 1: leave some images for training.",
         )
         require(
-            classes is None or (len(set(classes)) == len(classes) and set(classes) <= set(range(10))),
+            len(set(classes or [])) == len(classes or []) and set(classes or []) <= set(range(10)),
             f"data.classes must be distinct digits 0-9, got {classes}.",
         )
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.classes = list(classes) if classes is not None else list(range(10))
-        self.num_classes = len(self.classes)
-        self.half = half
-        side = image_size or 8
-        self.dims = (1, side, side)
+        self.fractions = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
+        self.classes, self.half = list(range(10)) if classes is None else list(classes), half
+        self.num_classes, self.dims = len(self.classes), (1, image_size or 8, image_size or 8)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         digits = load_digits()
-        pixels = torch.from_numpy(digits.images).unsqueeze(1) / 16.0
-        labels = torch.from_numpy(digits.target)
+        pixels, labels = torch.from_numpy(digits.images).unsqueeze(1) / 16.0, torch.from_numpy(digits.target)
         if self.half is not None:
-            middle = len(labels) // 2
-            part = slice(0, middle) if self.half == "first" else slice(middle, None)
+            part = slice(0, len(labels) // 2) if self.half == "first" else slice(len(labels) // 2, None)
             pixels, labels = pixels[part], labels[part]
         keep = torch.isin(labels, torch.tensor(self.classes))
         relabel = torch.full((10,), -1, dtype=torch.long)
         relabel[self.classes] = torch.arange(len(self.classes))
-        dataset = TensorDataset(
-            to_images(pixels[keep], self.image_size, self.value_range), relabel[labels[keep]]
+        images = to_images(pixels[keep], self.image_size, self.value_range)
+        self.train_set, self.val_set, self.test_set = seeded_split(
+            TensorDataset(images, relabel[labels[keep]]), self.fractions, self.seed
         )
-        train_fraction = 1.0 - self.val_fraction - self.test_fraction
-        fractions = [train_fraction, self.val_fraction, self.test_fraction]
-        self.train_set, self.val_set, self.test_set = seeded_split(dataset, fractions, self.seed)

@@ -105,16 +105,13 @@ class SequenceDataModule(pl.LightningDataModule):
             "data.train_size, data.val_size and data.test_size must be 1 or more.",
         )
         check_loader_arguments(batch_size, num_workers)
+        self.batch_size, self.num_workers, self.shuffle, self.seed = batch_size, num_workers, shuffle, seed
         self.task = task
         self.vocab_size = vocab_size
         self.delay = delay
         self.min_length = min_length
         self.max_length = max_length
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.num_workers = num_workers
-        self.seed = seed
         # the padding token: one past the real ones, so models give it its own embedding row
         self.pad_index = vocab_size
         self.datasets: dict[str, Dataset] = {}
@@ -138,20 +135,8 @@ class SequenceDataModule(pl.LightningDataModule):
             self.datasets = {split: self.generate(split) for split in _SPLITS}
 
     def _loader(self, split: str) -> DataLoader:
-        if split not in self.datasets:
-            raise RuntimeError(
-                f"{type(self).__name__}.setup() has not built the {split} split yet: call setup first."
-            )
-        train = split == "train"
-        return make_loader(
-            self.datasets[split],
-            self.batch_size,
-            self.num_workers,
-            self.seed,
-            train,
-            self.shuffle,
-            collate_sequences,
-        )
+        require(split in self.datasets, f"{type(self).__name__}.setup() has not built the {split} split yet.")
+        return make_loader(self, self.datasets[split], split == "train", collate_sequences)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -48,7 +48,7 @@ class SendSignal(pl.Callback):
         self, hook: str, epoch: int, batch: int, signum: int = signal.SIGINT, times: int = 1
     ) -> None:
         self.hook, self.epoch, self.batch, self.signum, self.times = hook, epoch, batch, signum, times
-        self.sent = False
+        self.sent, self.batch_idx = False, 0
 
     def _maybe_send(self, trainer: pl.Trainer, hook: str, batch: int) -> None:
         if hook == self.hook and not self.sent and (trainer.current_epoch, batch) == (self.epoch, self.batch):
@@ -56,8 +56,11 @@ class SendSignal(pl.Callback):
             for _ in range(self.times):
                 os.kill(os.getpid(), self.signum)
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self.batch_idx = args[-1]
+
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_send(trainer, "after_backward", trainer.fit_loop.epoch_loop.batch_idx)
+        self._maybe_send(trainer, "after_backward", self.batch_idx)
 
     def on_validation_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if not trainer.sanity_checking:

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from shared.errors import epochs_to_train, require
-from shared.visuals import log_figure
+from shared.visuals import epoch_file, tensorboards
 from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
 
 if TYPE_CHECKING:
@@ -133,14 +133,35 @@ class Classifier(pl.LightningModule):
         # under DDP each process kept its own shard: gather them so the matrix covers the whole split
         preds, targets = self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
         self.confusion_matrix = multiclass_confusion_matrix(preds, targets, self.hparams.num_classes).cpu()
-        png = log_figure(self.trainer, "val/confusion_matrix", confusion_figure(self.confusion_matrix))
-        if png is not None:  # the counts beside the picture, for scripts
-            np.savetxt(png.with_suffix(".csv"), self.confusion_matrix.numpy(), fmt="%d", delimiter=",")
+        if (
+            png := epoch_file(self.trainer, "val/confusion_matrix", ".png")
+        ) is not None:  # every process asks
+            figure = confusion_figure(self.confusion_matrix)
+            figure.savefig(png, dpi=100, bbox_inches="tight")
+            np.savetxt(
+                png.with_suffix(".csv"), self.confusion_matrix.numpy(), fmt="%d", delimiter=","
+            )  # the counts
+            for writer in tensorboards(self.trainer):
+                writer.add_figure("val/confusion_matrix", figure, global_step=self.global_step)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities for a batch of images (a bare tensor or an ``(images, labels)`` pair)."""
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(dim=1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.saved_interval = checkpoint.get("hyper_parameters", {}).get("scheduler_interval")
+
+    def on_train_start(self) -> None:
+        # resumed: the schedule's saved position counts epochs or steps, and cannot carry over into the other unit
+        saved, now = (
+            getattr(self, "saved_interval", None) or self.hparams.scheduler_interval,
+            self.hparams.scheduler_interval,
+        )
+        require(
+            saved == now,
+            f"The checkpoint steps its schedule every {saved} and this run every {now}: resume with --model.scheduler_interval={saved}.",
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(

@@ -17,7 +17,7 @@ from pytorch_lightning.tuner import Tuner
 from shared.cli import SystemCLI
 from shared.errors import reported, require
 from systems.classifier.module import Classifier
-from systems.classifier.train import CONFIG, LINKS
+from systems.classifier.train import LINKS
 
 
 class TuneCLI(SystemCLI):
@@ -41,7 +41,7 @@ class TuneCLI(SystemCLI):
 
 
 def main(args: ArgsType = None) -> dict[str, float | int]:
-    cli = TuneCLI(Classifier, name="classifier", config_file=CONFIG, links=LINKS, args=args, run=False)
+    cli = TuneCLI(Classifier, "classifier", LINKS, args, run=False)
     with reported(cli.remove_what_was_written):
         return tune(cli)
 

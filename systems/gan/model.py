@@ -1,20 +1,22 @@
-"""Plain torch: a DCGAN-style generator and critic, both sized from the image shape."""
+"""Plain torch: a DCGAN-style generator and critic sized from the image shape, the WGAN-GP losses, 1.x's step order."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 
-def upsampling_plan(side: int) -> tuple[int, int]:
-    """``(start_side, doublings)``: halve ``side`` while it stays an integer of at least 4.
+def is_critic_batch(batch_idx: int, n_critic: int, n_generator: int) -> bool:
+    """Lightning 1.x's ``frequency`` order: of each cycle of ``n_critic + n_generator`` batches (counted within the
+    epoch, so the cycle restarts with each one) the first ``n_critic`` go to the critic, the rest to the generator."""
+    return batch_idx % (n_critic + n_generator) < n_critic
 
-    8 px starts at 4 and doubles once; 28 px starts at 7 and doubles twice; 32 px starts at 4 and doubles
-    three times. Each doubling is one stride-2 layer in the generator and one in the critic.
-    """
-    if side < 4:
-        raise ValueError(f"images must be at least 4 px wide, got {side} px: use a larger data.image_size.")
+
+def upsampling_plan(side: int) -> tuple[int, int]:
+    """``(start_side, doublings)``: halve ``side`` while it stays an integer of at least 4 (8 px: 4 and one
+    doubling; 28 px: 7 and two; 32 px: 4 and three). Each doubling is one stride-2 layer in either net."""
     start, doublings = side, 0
     while start % 2 == 0 and start // 2 >= 4:
         start, doublings = start // 2, doublings + 1
@@ -22,106 +24,102 @@ def upsampling_plan(side: int) -> tuple[int, int]:
 
 
 class Generator(nn.Module):
-    """Latent vector -> image in [-1, 1]: a linear layer to ``start x start`` maps, then one
-    ``ConvTranspose2d(4, stride 2)`` with BatchNorm and ReLU per doubling, halving the channels each time
-    (DCGAN); then ``blocks`` 3x3 Conv-BatchNorm-ReLU blocks at full resolution, and a 3x3 convolution to
-    the image channels with ``tanh``.
-    """
+    """Latent vector -> image in [-1, 1]: a linear layer to ``start x start`` maps, one ``ConvTranspose2d`` (BatchNorm,
+    ReLU) per doubling that halves the channels (DCGAN), ``blocks`` 3x3 convolution blocks at full size, ``tanh``."""
 
     def __init__(
         self, latent_dim: int, image_shape: tuple[int, int, int], width: int = 64, blocks: int = 0
     ) -> None:
         super().__init__()
-        channels, height, side = image_shape
-        if height != side:
-            raise ValueError(f"images must be square, got {height}x{side}: set data.image_size.")
+        channels, _, side = image_shape
         self.start, doublings = upsampling_plan(side)
-        self.start_channels = width * 2**doublings
+        self.start_channels = c = width * 2**doublings
         self.project = nn.Sequential(
-            nn.Linear(latent_dim, self.start_channels * self.start**2, bias=False),
-            nn.BatchNorm1d(self.start_channels * self.start**2),
-            nn.ReLU(inplace=True),
+            nn.Linear(latent_dim, c * self.start**2, bias=False),
+            nn.BatchNorm1d(c * self.start**2),
+            nn.ReLU(True),
         )
         layers: list[nn.Module] = []
-        in_channels = self.start_channels
         for _ in range(doublings):
             layers += [
-                nn.ConvTranspose2d(in_channels, in_channels // 2, 4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(in_channels // 2),
-                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.ReLU(True),
             ]
-            in_channels //= 2
+            c //= 2
         for _ in range(blocks):
-            layers += [
-                nn.Conv2d(in_channels, in_channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(in_channels),
-                nn.ReLU(inplace=True),
-            ]
-        layers += [nn.Conv2d(in_channels, channels, 3, padding=1), nn.Tanh()]
-        self.body = nn.Sequential(*layers)
+            layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        self.body = nn.Sequential(*layers, nn.Conv2d(c, channels, 3, padding=1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        maps = self.project(z).view(-1, self.start_channels, self.start, self.start)
-        return self.body(maps)
+        return self.body(self.project(z).view(-1, self.start_channels, self.start, self.start))
 
 
 class Discriminator(nn.Module):
-    """Image -> one unbounded score (a WGAN critic, or the logit of "real" for the BCE loss).
-
-    The mirror of the generator: a 3x3 convolution, one ``Conv2d(4, stride 2)`` per doubling that doubles
-    the channels, then a linear layer. No BatchNorm: the gradient penalty is defined per sample, and
-    batch statistics would mix the samples of a batch (the WGAN-GP paper drops it for that reason).
-    """
+    """Image -> one unbounded score: the generator's mirror, one stride-2 ``Conv2d`` per doubling that doubles the
+    channels. No BatchNorm: the gradient penalty is per sample, and batch statistics would mix the samples."""
 
     def __init__(self, image_shape: tuple[int, int, int], width: int = 64) -> None:
         super().__init__()
         channels, _, side = image_shape
         start, doublings = upsampling_plan(side)
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-        in_channels = width
-        for _ in range(doublings):
-            layers += [
-                nn.Conv2d(in_channels, in_channels * 2, 4, stride=2, padding=1),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-            in_channels *= 2
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.LeakyReLU(0.2, True)]
+        for i in range(doublings):
+            layers += [nn.Conv2d(width * 2**i, width * 2 ** (i + 1), 4, 2, 1), nn.LeakyReLU(0.2, True)]
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.score = nn.Linear(in_channels * start**2, 1)
+        self.score = nn.Linear(width * 2**doublings * start**2, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(images)).squeeze(1)
 
 
 def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """``E[(|grad_x D(x)| - 1)^2]`` at random points between real and fake images (WGAN-GP), in fp32.
-
-    Autocast is switched off here: under fp16 autocast the critic's input gradients can underflow to 0 or
-    overflow fp16's 65504 (a GradScaler scales the loss, not this inner ``autograd.grad``), and the double
-    backward through them doubles the risk. The other critic passes still run in mixed precision.
-    """
+    """``E[(|grad_x D(x)| - 1)^2]`` at random points between real and fake images (WGAN-GP), in fp32: under fp16
+    autocast the inner gradients can underflow or overflow (a GradScaler scales the loss, not them)."""
     with torch.autocast(device_type=real.device.type, enabled=False):
         alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
         points = (alpha * real.float() + (1 - alpha) * fake.float()).requires_grad_(True)
         (grads,) = torch.autograd.grad(critic(points).sum(), points, create_graph=True)
         # the small constant keeps the norm's gradient finite where an input gradient is exactly zero
-        norms = (grads.flatten(1).square().sum(1) + 1e-12).sqrt()
-        return (norms - 1).square().mean()
+        return ((grads.flatten(1).square().sum(1) + 1e-12).sqrt() - 1).square().mean()
+
+
+def critic_loss(
+    critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, loss: str = "wgan-gp", gp_weight: float = 10.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The critic's loss on real and (detached) fake images, and its parts: WGAN-GP's ``D(fake) - D(real) + gp_weight *
+    penalty``, or the BCE loss of a classifier of real against fake."""
+    real_scores, fake_scores = critic(real), critic(fake)
+    if loss == "bce":
+        ones, zeros = torch.ones_like(real_scores), torch.zeros_like(fake_scores)
+        bce = F.binary_cross_entropy_with_logits
+        return bce(real_scores, ones) + bce(fake_scores, zeros), {}
+    penalty = gradient_penalty(critic, real, fake)
+    parts = {"gp": penalty, "wasserstein": real_scores.mean() - fake_scores.mean()}
+    return fake_scores.mean() - real_scores.mean() + gp_weight * penalty, parts
+
+
+def generator_loss(critic: nn.Module, fake: torch.Tensor, loss: str = "wgan-gp") -> torch.Tensor:
+    """``-D(G(z))``, or the non-saturating ``-log D(G(z))`` of the BCE loss."""
+    scores = critic(fake)
+    return (
+        F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
+        if loss == "bce"
+        else -scores.mean()
+    )
 
 
 def averaged(generator: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``generator``'s weights and BatchNorm statistics, the generator that
-    draws the samples (as in StyleGAN and BigGAN: the average of a GAN's late weights makes cleaner images than
-    the last ones). Call ``update_parameters(generator)`` after every generator step. The decay rises as
-    ``(1 + n) / (10 + n)`` after ``n`` updates until it reaches ``decay``, so the average does not sit on the
-    initial weights while a run is short. No gradient: no optimizer owns these weights."""
+    """An exponential moving average of ``generator``'s weights and BatchNorm statistics (as StyleGAN's, it draws
+    cleaner samples than the last weights); call ``update_parameters(generator)`` after every generator step. The
+    decay rises as ``(1 + n) / (10 + n)`` until ``decay``, so a short run's average leaves the initial weights."""
 
     @torch.no_grad()
     def moved(averages: list[torch.Tensor], currents: list[torch.Tensor], n: torch.Tensor) -> None:
         weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay)  # a tensor: no wait for the GPU
         for average, current in zip(averages, currents, strict=True):
-            if average.is_floating_point():
-                average.lerp_(current, weight.to(average.dtype))
-            else:  # BatchNorm's batch counter
-                average.copy_(current)
+            average.lerp_(
+                current, weight.to(average.dtype)
+            ) if average.is_floating_point() else average.copy_(current)
 
     return AveragedModel(generator, multi_avg_fn=moved, use_buffers=True).requires_grad_(False)

@@ -1,11 +1,9 @@
 """The GAN's training without Lightning: ``python -m systems.gan.plain``.
 
-``train`` is the loop the Trainer runs for ``GAN`` (``module.py``): each batch goes to the critic or to the
-generator in 1.x's frequency order, the other network is switched off around the step (what
-``toggle_optimizer`` does), and mixed precision is what ``Trainer(precision=...)`` adds. The benchmarks
-time both and check that they end with the same weights (``benchmarks/parity.py``). What the
-LightningModule adds beyond this loop: the learning-rate decay, the image grids and the sample score,
-checkpoints that resume mid-cycle, logging, devices and processes.
+``train`` is the loop the Trainer runs for ``GAN`` (``module.py``), on the same ``model.py`` pieces: each batch
+goes to the critic or the generator in 1.x's frequency order, the other network is switched off around the step
+(what ``toggle_optimizer`` does), and autocast is what ``Trainer(precision=...)`` adds. The benchmarks check that
+both end with the same weights. What the module adds: the decay, the grids and score, resuming, logging, devices.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from systems.gan.model import gradient_penalty
+from systems.gan.model import critic_loss, generator_loss, is_critic_batch
 
 
 def train(
@@ -28,6 +26,7 @@ def train(
     latent_dim: int,
     n_critic: int = 2,
     n_generator: int = 1,
+    loss: str = "wgan-gp",
     gp_weight: float = 10.0,
     lr_generator: float = 2e-3,
     lr_discriminator: float = 5e-4,
@@ -36,7 +35,7 @@ def train(
     autocast_dtype: torch.dtype | None = None,
     on_step: Callable[[], None] = lambda: None,
 ) -> list[torch.Tensor]:
-    """WGAN-GP on ``(batch_idx, batch)`` pairs, ``batch_idx`` counted within each epoch; each batch's loss.
+    """Train on ``(batch_idx, batch)`` pairs, ``batch_idx`` counted within each epoch; each batch's loss.
     ``average`` (``model.averaged``), if given, follows the generator after each of its steps."""
     generator.to(device).train()
     critic.to(device).train()
@@ -47,30 +46,27 @@ def train(
     losses = []
     for batch_idx, batch in batches:
         real = batch[0].to(device, non_blocking=True)
-        z = torch.randn(real.shape[0], latent_dim, device=device)
-        critic_batch = batch_idx % (n_critic + n_generator) < n_critic  # 1.x's frequency order
+        critic_batch = is_critic_batch(batch_idx, n_critic, n_generator)
         optimizer, other = (d_optimizer, generator) if critic_batch else (g_optimizer, critic)
         other.requires_grad_(False)  # what toggle_optimizer does: no gradient for the other network
+        z = torch.randn(real.shape[0], latent_dim, device=device)
         with torch.autocast(
-            device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
+            device.type, autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
         ):
             if critic_batch:
                 with torch.no_grad():
                     fake = generator(z)
-                real_scores, fake_scores = critic(real), critic(fake)
-                loss = (
-                    fake_scores.mean() - real_scores.mean() + gp_weight * gradient_penalty(critic, real, fake)
-                )
+                batch_loss = critic_loss(critic, real, fake, loss, gp_weight)[0]
             else:
-                loss = -critic(generator(z)).mean()
+                batch_loss = generator_loss(critic, generator(z), loss)
         optimizer.zero_grad()
-        scaler.scale(loss).backward()
+        scaler.scale(batch_loss).backward()
         scaler.step(optimizer)
         scaler.update()
         other.requires_grad_(True)
         if not critic_batch and average is not None:
             average.update_parameters(generator)
-        losses.append(loss.detach())
+        losses.append(batch_loss.detach())
         on_step()
     return losses
 
@@ -85,15 +81,14 @@ def main(epochs: int = 20, batch_size: int = 64) -> list[torch.Tensor]:
     images = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 8.0 - 1.0
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size, shuffle=True)
     generator, critic = Generator(64, (1, 8, 8), 32, blocks=2), Discriminator((1, 8, 8), 32)
-    # the cycle restarts with every epoch, as in 1.x: batch_idx counts within the epoch
     batches = ((batch_idx, batch) for _ in range(epochs) for batch_idx, batch in enumerate(loader))
     average = averaged(generator, 0.999)  # the generator to draw samples from
     losses = train(generator, critic, batches, device=torch.device("cpu"), latent_dim=64, average=average)
-    critic = [loss.item() for i, loss in enumerate(losses) if i % len(loader) % 3 < 2]  # n_critic=2
-    per_epoch = len(critic) // epochs
+    critic_losses = [loss.item() for i, loss in enumerate(losses) if is_critic_batch(i % len(loader), 2, 1)]
+    n = len(critic_losses) // epochs
+    first, last = sum(critic_losses[:n]) / n, sum(critic_losses[-n:]) / n
     print(
-        f"{len(losses)} batches; the critic's loss, mean of the first epoch {sum(critic[:per_epoch]) / per_epoch:+.2f}, "
-        f"of the last {sum(critic[-per_epoch:]) / per_epoch:+.2f}"
+        f"{len(losses)} batches; the critic's loss, mean of the first epoch {first:+.2f}, of the last {last:+.2f}"
     )
     return losses
 

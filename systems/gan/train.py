@@ -1,21 +1,11 @@
 """``python -m systems.gan.train``: fit with config.yaml; or ``fit|validate|test|predict`` and flags."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from pytorch_lightning.cli import ArgsType
-
 from shared.cli import SystemCLI
 from systems.gan.module import GAN
 
-CONFIG = Path(__file__).with_name("config.yaml")
-# datamodule fact -> GAN argument
-LINKS = {"dims": "image_shape"}
 
-
-def main(args: ArgsType = None, run: bool = True) -> SystemCLI:
-    return SystemCLI(GAN, name="gan", config_file=CONFIG, links=LINKS, args=args, run=run)
+def main(args: list[str] | None = None, run: bool = True) -> SystemCLI:
+    return SystemCLI(GAN, "gan", {"dims": "image_shape"}, args, run)  # data fact -> model argument
 
 
 if __name__ == "__main__":

@@ -1,21 +1,13 @@
 """``python -m systems.seq2seq.train``: fit with config.yaml; or ``fit|validate|test|predict`` and flags."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from pytorch_lightning.cli import ArgsType
-
 from shared.cli import SystemCLI
 from systems.seq2seq.module import Seq2Seq
 
-CONFIG = Path(__file__).with_name("config.yaml")
-# datamodule fact -> Seq2Seq argument
-LINKS = {"vocab_size": "vocab_size"}
 
-
-def main(args: ArgsType = None, run: bool = True) -> SystemCLI:
-    return SystemCLI(Seq2Seq, name="seq2seq", config_file=CONFIG, links=LINKS, args=args, run=run)
+def main(args: list[str] | None = None, run: bool = True) -> SystemCLI:
+    return SystemCLI(
+        Seq2Seq, "seq2seq", {"vocab_size": "vocab_size"}, args, run
+    )  # data fact -> model argument
 
 
 if __name__ == "__main__":

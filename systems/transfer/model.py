@@ -1,5 +1,5 @@
-"""Plain torch: a torchvision ResNet without its classifier, the input it expects, and what freezing it means
-for each of its five stages (which ones train, which mode each runs in)."""
+"""Plain torch: a torchvision ResNet without its classifier, the input it expects, and what freezing means for each
+of its five stages (which ones train, which mode each runs in)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,28 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import ResNet, get_model
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 # frozen: BatchNorm keeps its pretrained statistics and weights; train: both adapt to the target data
 BatchNormPolicy = Literal["frozen", "train"]
-# The five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4.
+# the five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def build_backbone(arch: Arch) -> tuple[ResNet, int]:
-    """A randomly initialised torchvision ResNet that maps images to pooled features, and its feature width.
-
-    The classifier ``fc`` becomes the identity rather than being cut off with ``children()[:-1]``: the
-    parameter names stay torchvision's (``conv1.weight``, ``layer4.1.bn2.bias``...), so torchvision's own
-    weight files load as they are, and the width is read from ``fc.in_features`` (512 for ResNet-18/34,
-    2048 for ResNet-50) instead of being typed for one architecture.
-    """
+    """A randomly initialised torchvision ResNet that maps images to pooled features, and its feature width. The
+    classifier ``fc`` becomes the identity rather than being cut off: the parameter names stay torchvision's, so
+    its weight files load as they are, and the width is read (512 for ResNet-18/34, 2048 for ResNet-50)."""
     backbone = get_model(arch, weights=None)
-    width = backbone.fc.in_features
-    backbone.fc = nn.Identity()
+    width, backbone.fc = backbone.fc.in_features, nn.Identity()
     return backbone, width
 
 
 class Standardize(nn.Module):
-    """Standardise each channel with the data set's statistics and give grey images the three channels that a
-    ResNet's first convolution (and any weights made for it) expects.
-
-    The statistics are buffers: they follow the module to any device and dtype and live in its checkpoint.
-    """
+    """Standardise each channel with the data's statistics (buffers: they follow the module and live in its
+    checkpoint), and give grey images the three channels a ResNet's first convolution expects."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -50,29 +42,27 @@ class Standardize(nn.Module):
 
 
 def unfreeze(backbone: ResNet, stages: int, bn_policy: BatchNormPolicy) -> list[nn.Parameter]:
-    """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all) and return the parameters that
-    were frozen. Under ``bn_policy="frozen"`` their BatchNorm layers stay frozen (weights and statistics)."""
-    joined = []
-    for stage in STAGES[len(STAGES) - stages :]:
-        for module in (m for name in stage for m in getattr(backbone, name).modules()):
-            if isinstance(module, _BatchNorm) and bn_policy == "frozen":
-                continue
-            for param in module.parameters(recurse=False):
-                if not param.requires_grad:
-                    param.requires_grad_(True)
-                    joined.append(param)
-    return joined
+    """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all); the parameters that were frozen.
+    Under ``bn_policy="frozen"`` their BatchNorm layers stay frozen (weights and statistics)."""
+    modules = [
+        m
+        for stage in STAGES[len(STAGES) - stages :]
+        for name in stage
+        for m in getattr(backbone, name).modules()
+    ]
+    keep = (lambda m: isinstance(m, BATCH_NORMS)) if bn_policy == "frozen" else (lambda m: False)
+    joined = [p for m in modules if not keep(m) for p in m.parameters(recurse=False) if not p.requires_grad]
+    return [p.requires_grad_(True) for p in joined]
 
 
 def set_modes(backbone: ResNet, bn_policy: BatchNormPolicy) -> None:
-    """Frozen stages in eval mode, trainable ones in train mode, every BatchNorm layer in train mode only
-    under ``bn_policy="train"``: BatchNorm in train mode updates its running statistics even when nothing
-    requires grad, so a frozen backbone left in train mode drifts."""
+    """Frozen stages in eval mode, trainable ones in train mode, and BatchNorm in train mode only under
+    ``bn_policy="train"``: in train mode it updates its statistics even when nothing requires grad."""
     for stage in STAGES:
         modules = [getattr(backbone, name) for name in stage]
         trainable = any(p.requires_grad for module in modules for p in module.parameters())
         for module in modules:
             module.train(trainable)
     for module in backbone.modules():
-        if isinstance(module, _BatchNorm):
+        if isinstance(module, BATCH_NORMS):
             module.train(bn_policy == "train")

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from datamodules import DigitsDataModule, EpochSeededRandomSampler
+from datamodules import DigitsDataModule
+from shared.resume import EpochShuffle
 
 
 def test_split_sizes_shapes_and_value_range() -> None:
@@ -63,14 +64,14 @@ def test_bad_arguments_are_named(arguments: dict, message: str) -> None:
 
 
 def test_epoch_seeded_sampler_depends_on_seed_and_epoch_only() -> None:
-    sampler = EpochSeededRandomSampler(range(50), seed=3)
+    sampler = EpochShuffle(range(50), seed=3)
     epoch0 = list(sampler)
     torch.manual_seed(123)  # the global state must not matter
     assert list(sampler) == epoch0
     sampler.set_epoch(1)
     epoch1 = list(sampler)
     assert epoch1 != epoch0 and sorted(epoch1) == list(range(50))
-    again = EpochSeededRandomSampler(range(50), seed=3)
+    again = EpochShuffle(range(50), seed=3)
     again.set_epoch(1)
     assert list(again) == epoch1
 

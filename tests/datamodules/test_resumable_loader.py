@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from datamodules import DigitsDataModule, ResumableDataLoader
+from datamodules import DigitsDataModule
+from shared.resume import ResumableLoader
 
 
 class BatchLog(pl.LightningModule):
@@ -75,7 +76,7 @@ def test_state_round_trip_skips_only_in_the_saved_epoch() -> None:
     data = DigitsDataModule(batch_size=256, shuffle=False)
     data.setup()
     loader = data.train_dataloader()
-    assert isinstance(loader, ResumableDataLoader)
+    assert isinstance(loader, ResumableLoader)
     everything = [images for images, _ in loader]
     batches = iter(loader)
     next(batches), next(batches)

@@ -73,7 +73,7 @@ def test_a_choice_outside_its_type_is_refused_by_the_parser(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_asked_for_where_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(capsys, classifier, ["fit", *SHORT, "--trainer.accelerator=gpu"])
-    assert "torch sees no GPU on this machine: use --trainer.accelerator=auto" in err
+    assert "torch sees no GPU on this machine: use --trainer.accelerator=auto or cpu." in err
     assert nothing_written()
 
 
@@ -121,7 +121,10 @@ def test_the_gan_without_a_judge_monitors_nothing_and_keeps_last_ckpt() -> None:
 
 def test_a_misspelt_monitor_is_refused_at_the_first_validation(capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(capsys, classifier, ["fit", *SHORT, "--checkpoint.monitor=val/accuracy"])
-    assert "checkpoint.monitor=val/accuracy is not logged by this run (it logs val/acc, val/loss)" in err
+    assert (
+        "ModelCheckpoint(monitor='val/accuracy')` could not find the monitored key" in err
+        and "'val/acc'" in err
+    )
     assert not Path("lightning_logs").exists()
 
 

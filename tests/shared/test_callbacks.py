@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.callbacks import MetricsTable, format_row
+from shared.table import MetricsTable, format_row
 
 
 class _ReturnsOutputs(pl.LightningModule):

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from shared.callbacks import RandomStateCallback
+from shared.resume import RandomState
 from systems.classifier.train import main
 from tests.helpers import QUIET, refused
 
@@ -99,7 +99,7 @@ def test_a_checkpoint_of_another_system_is_refused_by_the_cli(capsys: pytest.Cap
     foreign = other_system_checkpoint(Path("other.ckpt"))
     before = digest(foreign)
     err = refused(capsys, main, ["fit", *SHORT, f"--ckpt_path={foreign}"])
-    assert "comes from another system (its hyper-parameters hidden, n_critic" in err
+    assert "do not fit the model this configuration builds (missing: net.features" in err
     assert digest(foreign) == before
     assert not Path("lightning_logs").exists()
 
@@ -128,7 +128,7 @@ class _Payload:
 
 
 def test_random_states_survive_a_checkpoint() -> None:
-    callback = RandomStateCallback()
+    callback = RandomState()
     torch.manual_seed(1)
     state = callback.state_dict()
     expected = torch.rand(3)

@@ -11,8 +11,9 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from shared.callbacks import LastCheckpoint, MetricsTable
 from shared.cli import SystemCLI
+from shared.resume import LastCheckpoint
+from shared.table import MetricsTable
 from systems.classifier.train import main
 from tests.helpers import QUIET, refused
 

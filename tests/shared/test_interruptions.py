@@ -165,9 +165,9 @@ def test_the_resume_pieces_work_in_a_plain_trainer(tmp_path: Path) -> None:
     import pytorch_lightning as pl
 
     from datamodules import DigitsDataModule
-    from shared.callbacks import GracefulStop, LastCheckpoint, RandomStateCallback
     from shared.checkpoints import WholeFileCheckpointIO
     from shared.errors import Interrupted
+    from shared.resume import GracefulStop, LastCheckpoint, RandomState
     from systems.classifier import Classifier
     from tests.helpers import SendSignal
 
@@ -183,7 +183,7 @@ def test_the_resume_pieces_work_in_a_plain_trainer(tmp_path: Path) -> None:
             logger=False,
             enable_progress_bar=False,
             plugins=[WholeFileCheckpointIO()],
-            callbacks=[RandomStateCallback(), LastCheckpoint(), GracefulStop(), *callbacks],
+            callbacks=[RandomState(), LastCheckpoint(), GracefulStop(), *callbacks],
         )
         trainer.fit(model, datamodule=DigitsDataModule(), ckpt_path=ckpt_path)
         return model

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.demos.boring_classes import BoringModel
 
-from shared.callbacks import LastCheckpoint
+from shared.resume import LastCheckpoint
 
 
 def test_last_ckpt_after_each_epoch_when_validation_runs_every_third(tmp_path: Path) -> None:

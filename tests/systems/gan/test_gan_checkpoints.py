@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from systems.gan import GAN
+from systems.gan.model import is_critic_batch
 from systems.gan.train import main
 from tests.helpers import assert_same_weights, send_signal
 from tests.systems.gan.conftest import StepRecorder
@@ -38,7 +39,8 @@ def test_round_trip_maps_the_fixed_latents_to_the_same_images_and_an_override_ta
 
     overridden = GAN.load_from_checkpoint(path, n_critic=2)
     assert overridden.hparams.n_critic == 2
-    assert [overridden.is_critic_batch(i) for i in range(4)] == [True, True, False, True]
+    hp = overridden.hparams
+    assert [is_critic_batch(i, hp.n_critic, hp.n_generator) for i in range(4)] == [True, True, False, True]
 
 
 def test_predict_writes_samples_from_a_checkpoint(fast) -> None:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import DigitsDataModule, MNISTDataModule
 from systems.gan import GAN
-from systems.gan.quality import SampleQuality, verdict
+from systems.gan.callbacks import SampleQuality, verdict
 from systems.gan.train import main
 from tests.datamodules.test_mnist import write_idx
 from tests.helpers import QUIET

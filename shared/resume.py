@@ -1,0 +1,227 @@
+"""Exact resume: a run resumed from any checkpoint these pieces leave, after any kind of stop, ends with the weights
+of a run that never stopped. Each works in a plain ``Trainer``: ``callbacks=[RandomState(), LastCheckpoint(),
+ResumeSettings(), GracefulStop()]`` and a training loader from ``resumable_loader``."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import shutil
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator, Sized
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
+from pytorch_lightning.utilities import rank_zero_only
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from shared.errors import NAMES, Interrupted
+
+
+class RandomState(Callback):
+    """The global random states in every checkpoint: noise drawn in a step (GAN latents, dropout) goes on after a
+    resume as if the run had never stopped."""
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, *rest = np.random.get_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        numpy = [name, torch.from_numpy(keys.astype(np.int64)), *rest]  # weights_only loads no numpy arrays
+        return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": numpy, "python": random.getstate()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if torch.cuda.is_available() and len(state_dict["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        name, keys, *rest = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        random.setstate(state_dict["python"])
+
+
+class EpochShuffle(RandomSampler):
+    """A shuffle that depends only on ``seed + epoch``, as ``DistributedSampler``'s (which DDP puts in its place);
+    a plain one draws from the global random state, and a resumed run would see other batches."""
+
+    def __init__(self, data_source: Sized, seed: int) -> None:
+        super().__init__(data_source)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it before each epoch
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+
+
+class InOrder(SequentialSampler):
+    """Indices in order, and the epoch: ``ResumableLoader`` tells epochs apart by it."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class ResumableLoader(DataLoader):
+    """A training loader that a checkpoint written in the middle of an epoch resumes exactly. Lightning keeps its
+    ``state_dict()`` (the epoch and the batches served in it) in the checkpoint and hands it back on resume; the
+    same epoch then skips those batches, where a plain loader starts the epoch over. Before each batch it looks
+    at ``stop`` (set by ``GracefulStop``): every batch before is done and counted, the next not begun."""
+
+    stop: int | None = None  # a signal number: raise Interrupted instead of handing out the next batch
+    _epoch, _served, _resume = None, 0, None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "batches": self._served}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume = dict(state_dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._serve(super().__iter__())
+
+    def _serve(self, batches: Iterator[Any]) -> Iterator[Any]:
+        # runs at the first batch, after the Trainer has set the sampler's epoch (DDP's sampler has one too)
+        self._epoch, resume, self._resume = getattr(self.sampler, "epoch", None), self._resume, None
+        self._served = (
+            resume["batches"] if resume and self._epoch is not None and resume["epoch"] == self._epoch else 0
+        )
+        for batch in itertools.islice(batches, self._served, None):
+            if ResumableLoader.stop is not None:
+                raise Interrupted(ResumableLoader.stop)
+            self._served += 1
+            yield batch
+
+
+def resumable_loader(
+    dataset: Dataset, batch_size: int, seed: int, shuffle: bool, **kwargs: Any
+) -> DataLoader:
+    """The training loader: shuffled by ``seed + epoch`` (or in order), resumable mid-epoch, with its own generator
+    (without one, every ``iter()`` draws its workers' seed from the global random state)."""
+    sampler, generator = (
+        EpochShuffle(dataset, seed) if shuffle else InOrder(dataset),
+        torch.Generator().manual_seed(seed),
+    )
+    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` after every training epoch. (``ModelCheckpoint(save_last=True)`` writes it only when a monitored
+    checkpoint is saved, so it can lag behind the latest epoch.)"""
+
+    def __init__(self) -> None:
+        super().__init__(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
+
+
+class ResumeSettings(Callback):
+    """On resume, optimizers and schedules keep this run's settings (learning rates, a schedule's length) and take
+    only their progress from the checkpoint (Adam's moments, the schedule's position), where Lightning restores
+    both. The learning rate is this run's schedule replayed to the saved position: what a run with these settings
+    has there, bit for bit, and the checkpoint's own when nothing changed."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after configure_optimizers, before the checkpoint is restored
+        self.groups = [
+            [{**g, "params": None} for g in optimizer.param_groups] for optimizer in trainer.optimizers
+        ]
+        self.schedules = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        for optimizer, groups in zip(trainer.optimizers, self.groups, strict=True):
+            for group, settings in zip(optimizer.param_groups, groups, strict=False):  # added later: its own
+                group.update({**settings, "params": group["params"]})
+        for config, settings in zip(trainer.lr_scheduler_configs, self.schedules, strict=True):
+            scheduler, position = config.scheduler, config.scheduler.last_epoch
+            if isinstance(scheduler, LRScheduler):
+                scheduler.load_state_dict(settings)
+                with warnings.catch_warnings(action="ignore"):  # "scheduler.step() before optimizer.step()"
+                    for _ in range(position):
+                        scheduler.step()
+
+
+class GracefulStop(Checkpoint):
+    """Ctrl-C or SIGTERM during ``fit``: the batch under way finishes, ``interrupted.ckpt`` is saved beside
+    ``last.ckpt`` and ``Interrupted`` raised. A second Ctrl-C stops at once, saving nothing.
+
+    In the middle of a step the weights, the optimizer and the loops' counters disagree; they agree, and Lightning
+    resumes exactly, where the training loader hands out its next batch (``ResumableLoader.stop``) and at the end
+    of a validation in the middle of an epoch: the stop is made at the first of these. Between two epochs that
+    state is ``last.ckpt``, which is copied. Under DDP the processes agree after every batch (one all-reduce).
+    A stop asked for after the last batch lets ``fit`` finish (``signum`` tells). With another loader, Lightning
+    handles the signals. (A ``Checkpoint``: it runs after the checkpoint callbacks.)
+    """
+
+    filename = "interrupted.ckpt"
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._done, self._previous = 0, {}  # batches finished in this epoch; the signal handlers replaced
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.signum = ResumableLoader.stop = None
+        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+        if main and isinstance(trainer.train_dataloader, ResumableLoader):
+            self._previous = {s: signal.signal(s, self._request) for s in NAMES}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            self.on_train_end()
+            raise KeyboardInterrupt
+        if self.signum is None and rank_zero_only.rank == 0:
+            print(
+                f"\n{NAMES[signum]}: stopping after this batch and saving the state (Ctrl-C again stops at once, "
+                "without saving).",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.signum = self.signum or signum
+
+    def _agreed(self, trainer: pl.Trainer) -> bool:
+        return trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._done = args[-1] + 1  # the batch's index + 1: counted from the epoch's start, resumed or not
+        if self._agreed(trainer):
+            ResumableLoader.stop = self.signum or signal.SIGTERM
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not self._agreed(trainer):
+            return
+        if 0 < self._done < trainer.num_training_batches:  # in an epoch's middle: Lightning resumes from here
+            raise Interrupted(self.signum or signal.SIGTERM, self._save(trainer))
+        ResumableLoader.stop = self.signum or signal.SIGTERM  # at an epoch's end: before the next epoch
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end()
+        if isinstance(exception, Interrupted) and exception.saved is None and trainer.global_step > 0:
+            exception.saved = self._save(trainer)  # the loader's stop
+
+    def _save(self, trainer: pl.Trainer) -> str:
+        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+        path = Path(last.dirpath if last else trainer.default_root_dir) / self.filename
+        if self._done or not (last and last.best_model_path):
+            trainer.save_checkpoint(path)
+        elif trainer.is_global_zero:  # between epochs: the last.ckpt just written is this state
+            shutil.copyfile(last.best_model_path, path.with_name(f".{path.name}.partial"))
+            path.with_name(f".{path.name}.partial").replace(path)
+        return str(path)
+
+    def on_train_end(self, *args: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous, ResumableLoader.stop = {}, None
