@@ -15,7 +15,6 @@ from shared.resume import resumable_loader
 
 
 def check_loader_arguments(batch_size: int, num_workers: int) -> None:
-    """The loader arguments every datamodule takes, checked where they are given."""
     require(batch_size >= 1, f"data.batch_size must be 1 or more, got {batch_size}.")
     require(
         num_workers >= 0, f"data.num_workers must be 0 (load in this process) or more, got {num_workers}."
@@ -25,15 +24,13 @@ def check_loader_arguments(batch_size: int, num_workers: int) -> None:
 def make_loader(
     data: Any, dataset: Dataset, train: bool = False, collate: Callable | None = None
 ) -> DataLoader:
-    """A loader with the datamodule's ``batch_size``, ``num_workers``, ``shuffle`` and ``seed``. The training one
-    resumes mid-epoch exactly (``shared/resume.py``); each has its own generator (without one, every ``iter()``
-    draws its workers' seed from the global random state)."""
+    """A loader by the datamodule's ``batch_size``, ``num_workers``, ``shuffle``, ``seed``: the training one resumes
+    exactly (``shared/resume.py``); each has its own generator (or every ``iter()`` draws from the global one)."""
     workers = {"num_workers": data.num_workers, "persistent_workers": data.num_workers > 0}
-    settings = {"collate_fn": collate, "pin_memory": torch.cuda.is_available(), **workers}
+    settings = {"batch_size": data.batch_size, "collate_fn": collate, "pin_memory": torch.cuda.is_available()}
     if train:
-        return resumable_loader(dataset, data.batch_size, data.seed, data.shuffle, **settings)
-    generator = torch.Generator().manual_seed(data.seed)
-    return DataLoader(dataset, batch_size=data.batch_size, generator=generator, **settings)
+        return resumable_loader(dataset, seed=data.seed, shuffle=data.shuffle, **settings, **workers)
+    return DataLoader(dataset, generator=torch.Generator().manual_seed(data.seed), **settings, **workers)
 
 
 def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
@@ -50,22 +47,15 @@ def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[f
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Labelled images split into train, val and test. Subclasses set ``train_set``, ``val_set``, ``test_set`` in
-    ``setup`` and the facts a model needs (``num_classes``, ``dims``; ``mean`` and ``std`` follow from the range
-    and ``pixel_mean``, ``pixel_std`` in [0, 1]), which the CLI links into the model."""
+    """Labelled images in train, val and test splits, which subclasses make in ``setup``, with the facts a model
+    needs (``num_classes``, ``dims``, and ``mean``, ``std`` from ``pixel_mean``, ``pixel_std`` in [0, 1])."""
 
     pixel_mean: tuple[float, ...] = (0.5,)
     pixel_std: tuple[float, ...] = (0.5,)
     train_set = val_set = test_set = None
 
     def __init__(
-        self,
-        batch_size: int,
-        num_workers: int,
-        shuffle: bool,
-        seed: int,
-        image_size: int | None,
-        value_range: Any,
+        self, batch_size: int, num_workers: int, shuffle: bool, seed: int, size: Any, value_range: Any
     ) -> None:
         super().__init__()
         check_loader_arguments(batch_size, num_workers)
@@ -74,17 +64,15 @@ class ImageDataModule(pl.LightningDataModule):
             low < high,
             f"data.value_range must be [low, high] with low < high, got {[low, high]}: e.g. [-1, 1].",
         )
-        require(
-            image_size is None or image_size >= 1,
-            f"data.image_size must be 1 or more, or null, got {image_size}.",
-        )
+        require(size is None or size >= 1, f"data.image_size must be 1 or more, or null, got {size}.")
         self.batch_size, self.num_workers, self.shuffle, self.seed = batch_size, num_workers, shuffle, seed
-        self.image_size, self.value_range = image_size, (low, high)
+        self.image_size, self.value_range = size, (low, high)
 
     @property
     def mean(self) -> tuple[float, ...]:
-        low, high = self.value_range
-        return tuple(m * (high - low) + low for m in self.pixel_mean)
+        return tuple(
+            m * (self.value_range[1] - self.value_range[0]) + self.value_range[0] for m in self.pixel_mean
+        )
 
     @property
     def std(self) -> tuple[float, ...]:

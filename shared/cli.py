@@ -1,5 +1,5 @@
-"""The command line every ``train.py`` runs: ``LightningCLI`` with this project's conventions, an optional layer over
-the kit (``resume.py``, ``checkpoints.py``, ``errors.py``), whose pieces work without it."""
+"""The command line every ``train.py`` runs: ``LightningCLI`` with this project's conventions, an optional layer
+over the kit (``resume.py``, ``checkpoints.py``, ``errors.py``), whose pieces work without it."""
 
 from __future__ import annotations
 
@@ -31,25 +31,21 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
 
 
-def _pytorch_lightning(value: Any) -> Any:
-    """``lightning.pytorch.X``, as Lightning's docs spell a class path, read as ``pytorch_lightning.X``."""
+def _docs_spelling(value: Any) -> Any:
+    """``lightning.pytorch.X``, as Lightning's docs spell class paths, read as ``pytorch_lightning.X``."""
     if isinstance(value, dict):
-        return {key: _pytorch_lightning(item) for key, item in value.items()}
+        return {key: _docs_spelling(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_pytorch_lightning(item) for item in value]
+        return [_docs_spelling(item) for item in value]
     return re.sub(r"^lightning\.pytorch\.", "pytorch_lightning.", value) if isinstance(value, str) else value
 
 
-set_loader(
-    "systems", lambda text: _pytorch_lightning(yaml.safe_load(text)), (yaml.YAMLError,)
-)  # flags and files
-Limit = (
-    int | float | None
-)  # int first: the parser may try Lightning's Union[float, int] float first, 1 -> 1.0
+set_loader("systems", lambda text: _docs_spelling(yaml.safe_load(text)), (yaml.YAMLError,))  # flags, files
+Limit = int | float | None  # int first: the parser tries Lightning's Union[float, int] float first, 1 -> 1.0
 
 
 class Trainer(pl.Trainer):
-    """``pl.Trainer`` whose ``--trainer.limit_train_batches=1`` is one batch, as ``Trainer(limit_train_batches=1)``."""
+    """``pl.Trainer`` whose ``--trainer.limit_train_batches=1`` means one batch, as in Python."""
 
     def __init__(
         self,
@@ -68,10 +64,10 @@ class Trainer(pl.Trainer):
 
 
 class SystemCLI(LightningCLI):
-    """No subcommand means ``fit``; the system's ``config.yaml`` (or ``config``, beside its module) is every
-    subcommand's defaults; TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N/``;
+    """No subcommand means ``fit``; the ``config`` file beside the model's module (``config.yaml``) is every
+    subcommand's defaults; TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N``;
     the kit's callbacks are on; ``links`` (data attribute -> model argument) are linked; ``--ckpt_path`` is read
-    and checked before anything runs; a mistake is one sentence, status 2, nothing left behind."""
+    and checked before anything runs; a mistake is one sentence, status 2, with nothing left behind."""
 
     def __init__(
         self, model: type, name: str, links: dict, args: Any = None, run: bool = True, config: str = ""
@@ -80,26 +76,19 @@ class SystemCLI(LightningCLI):
         args = sys.argv[1:] if args is None else args
         if run and not set(args) & {*SUBCOMMANDS, "-h", "--help"}:
             args = ["fit", *args]
-        # a mistyped --trainer.max_epoch is refused, not read as max_epochs; the parser's errors come as exceptions
+        # allow_abbrev: --trainer.max_epoch is refused, not read as max_epochs; the parser's errors are exceptions
         settings = {"allow_abbrev": False, "exit_on_error": False, "parser_mode": "systems"}
         defaults = {
             **settings,
             "default_config_files": [Path(inspect.getfile(model)).with_name(config or "config.yaml")],
         }
         callbacks = [RandomState(), LastCheckpoint(), ResumeSettings(), GracefulStop(), PredictionWriter()]
-        with reported(self.remove_what_was_written):
+        options = {"subclass_mode_data": True, "trainer_class": Trainer, "seed_everything_default": 42}
+        options |= {"trainer_defaults": {"callbacks": callbacks}, "save_config_kwargs": {"overwrite": False}}
+        options["parser_kwargs"] = {**settings, **dict.fromkeys(SUBCOMMANDS, defaults)} if run else defaults
+        with reported(self.remove_what_was_written):  # the systems configure their own optimizers
             super().__init__(
-                model,
-                pl.LightningDataModule,
-                subclass_mode_data=True,
-                trainer_class=Trainer,
-                seed_everything_default=42,
-                trainer_defaults={"callbacks": callbacks},
-                parser_kwargs={**settings, **dict.fromkeys(SUBCOMMANDS, defaults)} if run else defaults,
-                save_config_kwargs={"overwrite": False},
-                auto_configure_optimizers=False,  # each system configures its own
-                args=args,
-                run=run,
+                model, pl.LightningDataModule, auto_configure_optimizers=False, args=args, run=run, **options
             )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -112,58 +101,51 @@ class SystemCLI(LightningCLI):
         super().parse_arguments(parser, args)  # then --ckpt_path, read and checked before anything is built
         config = self.config.get(self.config.get("subcommand") or "", {})
         if (path := config.get("ckpt_path")) == "last":
-            root = Path(config.trainer.default_root_dir or ".") / "lightning_logs" / self.name
+            runs = Path(config.trainer.default_root_dir or ".") / "lightning_logs" / self.name
             found = [
-                *root.glob("version_*/checkpoints/last.ckpt"),
-                *root.glob("version_*/checkpoints/interrupted.ckpt"),
+                p for p in runs.glob("version_*/checkpoints/*.ckpt") if p.stem in ("last", "interrupted")
             ]
             require(
                 bool(found),
-                f"--ckpt_path=last found no checkpoint under {root}: train first, or pass a file.",
+                f"--ckpt_path=last found no checkpoint under {runs}: train first, or pass a file.",
             )
             config.ckpt_path = path = str(max(found, key=lambda p: p.stat().st_mtime))
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
     def _parse_ckpt_path(self) -> None:
-        """The one private name of Lightning this project uses (``tests/shared/test_private.py``): LightningCLI 2.5+
-        puts the checkpoint's hyper-parameters over the configuration here, dropping the flags given with
-        ``--ckpt_path``. Here the configuration builds the model, as ``Trainer.fit(model, ckpt_path=...)`` does."""
+        """The one private name of Lightning this project uses (``tests/test_private.py``): LightningCLI 2.5+ puts
+        a checkpoint's hyper-parameters over the configuration here, dropping the flags given with ``--ckpt_path``.
+        Here the configuration builds the model, as ``Trainer.fit(model, ckpt_path=...)`` does in Python."""
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        if (
-            self.checkpoint is not None
-        ):  # what differs from the checkpoint is said, weights that do not fit refused
-            saved = self.checkpoint.get("hyper_parameters", {})
-            changed = {
-                k: saved[k] for k, v in self.model.hparams.items() if k in saved and not _same(saved[k], v)
-            }
+        if self.checkpoint is not None:  # what differs from it is said; weights that do not fit are refused
+            saved, hp = self.checkpoint.get("hyper_parameters", {}), self.model.hparams
+            changed = {k: saved[k] for k, v in hp.items() if k in saved and not _same(saved[k], v)}
             if changed:
                 rank_zero_info(
                     "Not as in the checkpoint: "
-                    + ", ".join(f"model.{k} {v} -> {self.model.hparams[k]}" for k, v in changed.items())
+                    + ", ".join(f"model.{k} {v} -> {hp[k]}" for k, v in changed.items())
                 )
             if details := state_mismatch(self.model.state_dict(), self.checkpoint["state_dict"]):
                 path = Path(self.config[self.subcommand].ckpt_path)
-                run, trained = (
-                    path.parent.parent / "config.yaml",
-                    ", ".join(f"{k}={v}" for k, v in changed.items()),
-                )
-                raise UserError(
-                    f"The weights in {path} do not fit the model this configuration builds ({details}): they were "
-                    f"trained with {trained or 'other settings'}; pass "
-                    f"{f'--config {run}' if run.is_file() else 'the settings of the run that wrote them'}."
-                )
+                run = path.parent.parent / "config.yaml"
+                fix = f"--config {run}" if run.is_file() else "the settings of the run that wrote them"
+                trained = ", ".join(f"{k}={v}" for k, v in changed.items()) or "other settings"
+                message = f"The weights in {path} do not fit the model this configuration builds ({details})"
+                raise UserError(f"{message}: they were trained with {trained}; pass {fix}.")
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         gpu = trainer.get("accelerator") in ("gpu", "cuda")
         require(
             not gpu or torch.cuda.is_available(),
-            "torch sees no GPU on this machine: use --trainer.accelerator=auto or cpu.",
+            "torch sees no GPU here: use --trainer.accelerator=auto or cpu.",
         )
         epochs = trainer.get("max_epochs")
+        fit = self.subcommand == "fit"
         require(
-            self.subcommand != "fit" or epochs is None or epochs == -1 or epochs >= 1,
-            f"--trainer.max_epochs={epochs} trains nothing: set it to the epochs to train (-1: until max_steps).",
+            not fit or epochs in (None, -1) or epochs >= 1,
+            f"--trainer.max_epochs={epochs} trains nothing: set "
+            "it to the epochs to train (or -1 to train until --trainer.max_steps).",
         )
         if trainer.get("logger") in (None, True) and not trainer.get("fast_dev_run"):
             root = Path(trainer.get("default_root_dir") or ".") / "lightning_logs"
@@ -171,7 +153,7 @@ class SystemCLI(LightningCLI):
             kwargs["logger"] = [TensorBoardLogger(root, self.name, version, default_hp_metric=False)]
             kwargs["logger"].append(
                 CSVLogger(root, self.name, version)
-            )  # one folder: CSVLogger warns needlessly
+            )  # sharing is the point: CSVLogger warns
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         built = super().instantiate_trainer(**kwargs)
         if type(built.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -179,11 +161,10 @@ class SystemCLI(LightningCLI):
         return built
 
     def _claim_version(self, folder: Path) -> int:
-        """The next free ``version_N``, made at once: ``mkdir`` makes a folder or fails, so two runs started together
-        never share one. Processes other than the first only name it."""
-        version = 1 + max(
-            (int(m[1]) for p in _listing(folder) if (m := re.fullmatch(r"version_(\d+)", p.name))), default=-1
-        )
+        """The next free ``version_N``, made at once: ``mkdir`` makes a folder or fails, so two runs started
+        together never share one. Processes other than the first only name it."""
+        taken = [int(m[1]) for p in _listing(folder) if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        version = max(taken, default=-1) + 1
         if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
             return version
         self.made = [p for p in (folder, *folder.parents) if not p.exists()]
@@ -192,9 +173,9 @@ class SystemCLI(LightningCLI):
             while not _made(folder / f"version_{version}"):
                 version += 1
         except OSError as error:
+            fix = "run from a writable folder, or point --trainer.default_root_dir at one"
             raise UserError(
-                f"The run's folder cannot be made in {folder} ({error.strerror}): run from a writable folder, or "
-                "point --trainer.default_root_dir at one."
+                f"The run's folder cannot be made in {folder} ({error.strerror}): {fix}."
             ) from None
         self.run_folder = folder / f"version_{version}"
         return version
@@ -240,11 +221,11 @@ def _same(a: Any, b: Any) -> bool:
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """The ``checkpoint`` section: ``ModelCheckpoint``, except that a run logging no metric of its monitor's stage
+    """The ``checkpoint`` section: ``ModelCheckpoint``, except that a run that logs no metric of its monitor's stage
     (the GAN without a judge) keeps no best file and says so, where ``ModelCheckpoint`` would stop it."""
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stage = str(self.monitor).split("/")[0] + "/"
+        stage = f"{self.monitor}".split("/")[0] + "/"
         logged = any(name.startswith(stage) for name in trainer.callback_metrics)
         if self.monitor and self.save_top_k and not trainer.sanity_checking and not logged:
             rank_zero_info(f"No {self.monitor} is logged: no best checkpoint is kept, only last.ckpt.")

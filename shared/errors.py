@@ -1,6 +1,6 @@
-"""Errors and exit statuses. A mistake (a flag, a config value, a data file, a checkpoint): one sentence that names
-the fix, status 2. Ctrl-C, SIGTERM: 130, 143, and where the state was saved. A failed write: one sentence, 1. A bug:
-its traceback, 1. ``SYSTEMS_TRACEBACK=1`` shows every traceback."""
+"""Errors and exit statuses. A mistake (a flag, a config value, a data file, a checkpoint): one sentence naming the
+fix, status 2. Ctrl-C, SIGTERM: 130, 143, and where the state is saved. A failed write: one sentence, 1. A bug: its
+traceback, 1. ``SYSTEMS_TRACEBACK=1`` shows every traceback."""
 
 from __future__ import annotations
 
@@ -17,14 +17,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-_MACHINE = {
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EROFS,
-    errno.EACCES,
-    errno.EPERM,
-    errno.EFBIG,
-}  # not the program's
+WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 class UserError(ValueError):
@@ -38,13 +31,12 @@ def require(condition: bool, message: str) -> None:
 
 def epochs_to_train(trainer: Any) -> int:
     """``trainer.max_epochs``, for a schedule sized in epochs."""
-    epochs = trainer.max_epochs
     fix = "set --trainer.max_epochs to the number of epochs to train (1 or more)"
     require(
-        epochs is not None and epochs >= 1,
-        f"The schedule is sized by trainer.max_epochs, which is {epochs}: {fix}.",
+        (trainer.max_epochs or 0) >= 1,
+        f"The schedule is sized by max_epochs, which is {trainer.max_epochs}: {fix}.",
     )
-    return epochs
+    return trainer.max_epochs
 
 
 class Interrupted(Exception):
@@ -65,30 +57,28 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, SystemExit) and not any(isinstance(e, KeyboardInterrupt) for e in chain):
         return None  # the parser's own exit (--help), not Lightning's after a Ctrl-C
     for e in chain:
-        if isinstance(e, Interrupted) and e.saved:
+        if isinstance(e, Interrupted):
+            resume = (
+                f"the state is saved in {e.saved}; resume with `fit --ckpt_path={e.saved}` and the same flags"
+            )
             return (
                 128 + e.signum,
-                f"Stopped by {e}: the state is saved in {e.saved}; resume with `fit "
-                f"--ckpt_path={e.saved}` and the same flags.",
+                f"Stopped by {e}: {resume if e.saved else 'nothing was trained, nothing saved'}.",
             )
-        if isinstance(e, Interrupted):
-            return 128 + e.signum, f"Stopped by {e}: nothing was trained yet, so nothing was saved."
         if isinstance(e, UserError | MisconfigurationException):
             return 2, f"error: {e}"
         if isinstance(e, argparse.ArgumentError):  # the parser's: an unknown key, a value of the wrong type
             return 2, f"error: {e.message}\n(--help lists every option with its type)"
     for e in reversed(chain):  # the first failure, not those that followed it in clean-up
-        if isinstance(e, OSError) and e.errno in _MACHINE:
-            return (
-                1,
-                f"error: {e.strerror} ({e.filename or 'a file'}). Free space or fix the folder's "
-                "permissions; the checkpoints already written are whole, last.ckpt among them the last good state.",
-            )
-    for e in chain:
-        if isinstance(e, SIGTERMException | KeyboardInterrupt):  # stopped where nothing could be saved
-            signum = signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT
-            return 128 + signum, f"Stopped by {NAMES[signum]}; nothing was saved."
-    return None
+        if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
+            fix = "Free space or fix the folder's permissions; the checkpoints written are whole (last.ckpt too)"
+            return 1, f"error: {e.strerror} ({e.filename or 'a file'}). {fix}."
+    signums = [
+        signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT
+        for e in chain
+        if isinstance(e, SIGTERMException | KeyboardInterrupt)
+    ]  # stopped where nothing could be saved
+    return (128 + signums[0], f"Stopped by {NAMES[signums[0]]}; nothing was saved.") if signums else None
 
 
 @contextmanager

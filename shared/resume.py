@@ -1,5 +1,5 @@
-"""Exact resume: a run resumed from any checkpoint these pieces leave, after any kind of stop, ends with the weights
-of a run that never stopped. Each works in a plain ``Trainer``: ``callbacks=[RandomState(), LastCheckpoint(),
+"""Exact resume: a run resumed from any checkpoint these leave, after any kind of stop, ends with the weights of one
+that never stopped. Each works in a plain ``Trainer``: ``callbacks=[RandomState(), LastCheckpoint(),
 ResumeSettings(), GracefulStop()]`` and a training loader from ``resumable_loader``."""
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class RandomState(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         name, keys, *rest = np.random.get_state()
+        numpy = [name, torch.from_numpy(keys.astype(np.int64)), *rest]  # weights_only loads no numpy array
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        numpy = [name, torch.from_numpy(keys.astype(np.int64)), *rest]  # weights_only loads no numpy arrays
         return {"torch": torch.get_rng_state(), "cuda": cuda, "numpy": numpy, "python": random.getstate()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -57,12 +57,14 @@ class EpochShuffle(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
+        order = torch.randperm(
+            len(self.data_source), generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        )
+        return iter(order.tolist())
 
 
 class InOrder(SequentialSampler):
-    """Indices in order, and the epoch: ``ResumableLoader`` tells epochs apart by it."""
+    """Indices in order, knowing the epoch: ``ResumableLoader`` tells epochs apart by it."""
 
     epoch = 0
 
@@ -71,12 +73,12 @@ class InOrder(SequentialSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A training loader that a checkpoint written in the middle of an epoch resumes exactly. Lightning keeps its
-    ``state_dict()`` (the epoch and the batches served in it) in the checkpoint and hands it back on resume; the
-    same epoch then skips those batches, where a plain loader starts the epoch over. Before each batch it looks
-    at ``stop`` (set by ``GracefulStop``): every batch before is done and counted, the next not begun."""
+    """A training loader that a checkpoint written mid-epoch resumes exactly. Lightning saves its ``state_dict()``
+    (the epoch, the batches served in it) and hands it back on resume; the same epoch then skips those batches,
+    where a plain loader starts it over. ``stop`` (set by ``GracefulStop``) stops it before its next batch: there
+    every batch before is done and counted, and the next not begun."""
 
-    stop: int | None = None  # a signal number: raise Interrupted instead of handing out the next batch
+    stop: int | None = None  # a signal number
     _epoch, _served, _resume = None, 0, None
 
     def state_dict(self) -> dict[str, Any]:
@@ -89,11 +91,10 @@ class ResumableLoader(DataLoader):
         return self._serve(super().__iter__())
 
     def _serve(self, batches: Iterator[Any]) -> Iterator[Any]:
-        # runs at the first batch, after the Trainer has set the sampler's epoch (DDP's sampler has one too)
+        # runs at the first batch, after the Trainer set the sampler's epoch (DDP's sampler has one too)
         self._epoch, resume, self._resume = getattr(self.sampler, "epoch", None), self._resume, None
-        self._served = (
-            resume["batches"] if resume and self._epoch is not None and resume["epoch"] == self._epoch else 0
-        )
+        same = resume is not None and self._epoch is not None and resume["epoch"] == self._epoch
+        self._served = resume["batches"] if same else 0
         for batch in itertools.islice(batches, self._served, None):
             if ResumableLoader.stop is not None:
                 raise Interrupted(ResumableLoader.stop)
@@ -104,18 +105,16 @@ class ResumableLoader(DataLoader):
 def resumable_loader(
     dataset: Dataset, batch_size: int, seed: int, shuffle: bool, **kwargs: Any
 ) -> DataLoader:
-    """The training loader: shuffled by ``seed + epoch`` (or in order), resumable mid-epoch, with its own generator
-    (without one, every ``iter()`` draws its workers' seed from the global random state)."""
-    sampler, generator = (
-        EpochShuffle(dataset, seed) if shuffle else InOrder(dataset),
-        torch.Generator().manual_seed(seed),
+    """The training loader: shuffled by ``seed + epoch`` or in order, with its own generator (without one, every
+    ``iter()`` draws its workers' seed from the global random state)."""
+    sampler, generator = EpochShuffle(dataset, seed) if shuffle else InOrder(dataset), torch.Generator()
+    return ResumableLoader(
+        dataset, batch_size=batch_size, sampler=sampler, generator=generator.manual_seed(seed), **kwargs
     )
-    return ResumableLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator, **kwargs)
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` after every training epoch. (``ModelCheckpoint(save_last=True)`` writes it only when a monitored
-    checkpoint is saved, so it can lag behind the latest epoch.)"""
+    """``last.ckpt`` after every training epoch (``save_last`` writes it only with a monitored checkpoint)."""
 
     def __init__(self) -> None:
         super().__init__(filename="last", enable_version_counter=False, save_on_train_epoch_end=True)
@@ -124,53 +123,51 @@ class LastCheckpoint(ModelCheckpoint):
 class ResumeSettings(Callback):
     """On resume, optimizers and schedules keep this run's settings (learning rates, a schedule's length) and take
     only their progress from the checkpoint (Adam's moments, the schedule's position), where Lightning restores
-    both. The learning rate is this run's schedule replayed to the saved position: what a run with these settings
-    has there, bit for bit, and the checkpoint's own when nothing changed."""
+    both. The learning rate is this run's schedule replayed to the saved position, bit for bit."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # after configure_optimizers, before the checkpoint is restored
-        self.groups = [
-            [{**g, "params": None} for g in optimizer.param_groups] for optimizer in trainer.optimizers
-        ]
+        self.groups = [[{**group, "params": None} for group in o.param_groups] for o in trainer.optimizers]
         self.schedules = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.ckpt_path is None:
-            return
-        for optimizer, groups in zip(trainer.optimizers, self.groups, strict=True):
-            for group, settings in zip(optimizer.param_groups, groups, strict=False):  # added later: its own
+        for optimizer, groups in zip(trainer.optimizers, self.groups if trainer.ckpt_path else []):
+            for group, settings in zip(optimizer.param_groups, groups):  # a group added later keeps its own
                 group.update({**settings, "params": group["params"]})
-        for config, settings in zip(trainer.lr_scheduler_configs, self.schedules, strict=True):
-            scheduler, position = config.scheduler, config.scheduler.last_epoch
-            if isinstance(scheduler, LRScheduler):
+        for config, settings in zip(
+            trainer.lr_scheduler_configs, self.schedules if trainer.ckpt_path else []
+        ):
+            if isinstance(scheduler := config.scheduler, LRScheduler):
+                steps = scheduler.last_epoch
                 scheduler.load_state_dict(settings)
-                with warnings.catch_warnings(action="ignore"):  # "scheduler.step() before optimizer.step()"
-                    for _ in range(position):
+                with warnings.catch_warnings(
+                    action="ignore"
+                ):  # "lr_scheduler.step() before optimizer.step()"
+                    for _ in range(steps):
                         scheduler.step()
 
 
 class GracefulStop(Checkpoint):
     """Ctrl-C or SIGTERM during ``fit``: the batch under way finishes, ``interrupted.ckpt`` is saved beside
-    ``last.ckpt`` and ``Interrupted`` raised. A second Ctrl-C stops at once, saving nothing.
+    ``last.ckpt``, ``Interrupted`` is raised. A second Ctrl-C stops at once, saving nothing.
 
-    In the middle of a step the weights, the optimizer and the loops' counters disagree; they agree, and Lightning
-    resumes exactly, where the training loader hands out its next batch (``ResumableLoader.stop``) and at the end
-    of a validation in the middle of an epoch: the stop is made at the first of these. Between two epochs that
-    state is ``last.ckpt``, which is copied. Under DDP the processes agree after every batch (one all-reduce).
-    A stop asked for after the last batch lets ``fit`` finish (``signum`` tells). With another loader, Lightning
-    handles the signals. (A ``Checkpoint``: it runs after the checkpoint callbacks.)
-    """
+    Mid-step the weights, the optimizer and the loops' counters disagree; they agree, and Lightning resumes
+    exactly, where the training loader hands out its next batch and at the end of a mid-epoch validation: the
+    stop comes at the first of these (between epochs that state is ``last.ckpt``, copied). Under DDP the
+    processes agree after every batch (one all-reduce). A stop after the last batch lets ``fit`` finish
+    (``signum`` tells). Other loaders: Lightning's own handling. A ``Checkpoint``: it runs after the others."""
 
     filename = "interrupted.ckpt"
 
     def __init__(self) -> None:
-        self.signum: int | None = None
-        self._done, self._previous = 0, {}  # batches finished in this epoch; the signal handlers replaced
+        self.signum, self._done, self._previous = None, 0, {}  # the signal; batches done this epoch; handlers
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signum = ResumableLoader.stop = None
-        main = threading.current_thread() is threading.main_thread()  # signal handlers live there only
-        if main and isinstance(trainer.train_dataloader, ResumableLoader):
+        if (
+            isinstance(trainer.train_dataloader, ResumableLoader)
+            and threading.current_thread() is threading.main_thread()
+        ):
             self._previous = {s: signal.signal(s, self._request) for s in NAMES}
 
     def _request(self, signum: int, frame: Any) -> None:
@@ -178,12 +175,10 @@ class GracefulStop(Checkpoint):
             self.on_train_end()
             raise KeyboardInterrupt
         if self.signum is None and rank_zero_only.rank == 0:
-            print(
-                f"\n{NAMES[signum]}: stopping after this batch and saving the state (Ctrl-C again stops at once, "
-                "without saving).",
-                file=sys.stderr,
-                flush=True,
+            saving = (
+                "stopping after this batch and saving the state (Ctrl-C again stops at once, without saving)"
             )
+            print(f"\n{NAMES[signum]}: {saving}.", file=sys.stderr, flush=True)
         self.signum = self.signum or signum
 
     def _agreed(self, trainer: pl.Trainer) -> bool:
@@ -193,16 +188,15 @@ class GracefulStop(Checkpoint):
         self._done = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        self._done = args[-1] + 1  # the batch's index + 1: counted from the epoch's start, resumed or not
+        self._done = args[-1] + 1  # the batch's index: counted from the epoch's start, resumed or not
         if self._agreed(trainer):
             ResumableLoader.stop = self.signum or signal.SIGTERM
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._agreed(trainer):
-            return
-        if 0 < self._done < trainer.num_training_batches:  # in an epoch's middle: Lightning resumes from here
-            raise Interrupted(self.signum or signal.SIGTERM, self._save(trainer))
-        ResumableLoader.stop = self.signum or signal.SIGTERM  # at an epoch's end: before the next epoch
+        if not trainer.sanity_checking and self._agreed(trainer):
+            ResumableLoader.stop = self.signum or signal.SIGTERM  # after the epoch's end: before the next
+            if 0 < self._done < trainer.num_training_batches:  # mid-epoch: Lightning resumes from here
+                raise Interrupted(ResumableLoader.stop, self._save(trainer))
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException

@@ -1,10 +1,8 @@
 """The GAN system: two optimizers stepped by hand in Lightning 1.x's ``frequency`` order (WGAN-GP ``n_critic``).
 
-1.x took ``({"optimizer": d_opt, "frequency": n_critic}, {"optimizer": g_opt, "frequency": n_generator})`` and
-called ``training_step(batch, batch_idx, optimizer_idx)`` with one optimizer per batch. 2.x has neither several
-optimizers under automatic optimization nor ``frequency``: ``training_step`` makes 1.x's choice itself
-(``model.is_critic_batch``) and steps that optimizer alone. The samples' grid and score are ``callbacks.py``.
-"""
+1.x took ``({"optimizer": d_opt, "frequency": n_critic}, {"optimizer": g_opt, "frequency": n_generator})`` and gave
+``training_step`` one optimizer per batch; 2.x has no ``frequency``: ``training_step`` makes 1.x's choice itself
+(``model.is_critic_batch``) and steps that optimizer alone. The samples' grid and score are in ``callbacks.py``."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ class GAN(pl.LightningModule):
         latent_dim: length of the generator's input noise.
         width: channels of the critic's first layer and of the generator's last; they double per halving.
         generator_blocks: 3x3 convolution blocks the generator adds at full resolution.
-        ema_decay: decay of ``generator_ema``, the average of the generator's weights that draws every sample
-            (grid, score, ``predict``, ``forward``); 0: the trained generator draws them.
+        ema_decay: decay of ``generator_ema``, the generator's average that draws every sample (0: the generator).
         loss: ``wgan-gp`` (Wasserstein critic with gradient penalty) or ``bce`` (non-saturating GAN loss).
         n_critic: critic batches per cycle, 1.x's ``frequency`` of the first optimizer.
         n_generator: generator batches per cycle, 1.x's ``frequency`` of the second optimizer.
@@ -39,9 +36,8 @@ class GAN(pl.LightningModule):
         lr_discriminator: Adam learning rate of the critic.
         betas: Adam betas of both (WGAN-GP's (0, 0.9), DCGAN's (0.5, 0.999)).
         lr_decay_to: both learning rates fall linearly to this fraction by the last epoch (1 keeps them).
-        scheduler_cadence: ``every_epoch``: both schedulers at every epoch's end (the generator's after an epoch
-            that had a generator batch); ``lightning_1x``: as 1.9.5 did with frequencies, only the scheduler of
-            the optimizer active at the epoch's last batch, counted over all epochs.
+        scheduler_cadence: ``every_epoch``: both schedulers at every epoch's end; ``lightning_1x``: as 1.9.5, only
+            the one of the optimizer active at the epoch's last batch, counted over all epochs.
         grid_size: fixed latent vectors drawn into the image grid.
         grid_every_n_epochs: draw the grid after every N-th training epoch (and after the last).
         grid_scale: each image pixel becomes ``grid_scale`` x ``grid_scale`` pixels in the PNG.
@@ -76,23 +72,19 @@ class GAN(pl.LightningModule):
         _, height, side = image_shape  # what the argument types cannot say:
         require(height == side >= 4, f"The GAN needs square images of 4 px or more, got {height}x{side}.")
         require(min(n_critic, n_generator) >= 1, "model.n_critic and model.n_generator must be 1 or more.")
-        require(
-            min(latent_dim, width, grid_size, grid_every_n_epochs, grid_scale, judge_samples) >= 1
-            and generator_blocks >= 0,
-            "model.latent_dim, width, grid_* and judge_samples must be 1 or more, generator_blocks 0 or more.",
-        )
-        require(
-            min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1 and 0 <= ema_decay < 1,
-            "model.lr_generator and lr_discriminator must be > 0, lr_decay_to in (0, 1], ema_decay in [0, 1).",
-        )
+        sizes = (latent_dim, width, grid_size, grid_every_n_epochs, grid_scale, judge_samples)
+        positive = "model.latent_dim, width, grid_* and judge_samples must be 1 or more"
+        require(min(sizes) >= 1 and generator_blocks >= 0, f"{positive}, generator_blocks 0 or more.")
+        rates = min(lr_generator, lr_discriminator) > 0 and 0 < lr_decay_to <= 1 and 0 <= ema_decay < 1
+        ranges = "lr_decay_to in (0, 1], ema_decay in [0, 1)"
+        require(rates, f"model.lr_generator and lr_discriminator must be > 0, {ranges}.")
         self.automatic_optimization = False
         self.generator = Generator(latent_dim, image_shape, width, generator_blocks)
         self.discriminator = Discriminator(image_shape, width)
         self.generator_ema = averaged(self.generator, ema_decay) if ema_decay else None
         # a buffer: it follows the module to its device and is saved, so every grid shows the same latents
-        self.register_buffer(
-            "fixed_latents", torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(0))
-        )
+        latents = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("fixed_latents", latents)
         self.last_batch_idx = -1
 
     # --- the pattern: n_critic critic batches, then n_generator generator batches, one optimizer each ---
@@ -106,8 +98,7 @@ class GAN(pl.LightningModule):
         # every parameter outside this optimizer gets requires_grad=False until untoggle: no gradient for the
         # other network (gradients still flow *through* the critic into the generator), and no step
         self.toggle_optimizer(optimizer)
-        # the global random state: seeded by seed_everything and restored on resume (shared/resume.py)
-        z = torch.randn(real.shape[0], hp.latent_dim, device=self.device)
+        z = torch.randn(len(real), hp.latent_dim, device=self.device)  # the global state: restored on resume
         if critic:
             with torch.no_grad():
                 fake = self.generator(z)
@@ -124,32 +115,22 @@ class GAN(pl.LightningModule):
         if not critic and self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
         self.last_batch_idx = batch_idx
-        # epoch means (under DDP also over the processes, once at the epoch's end)
+        # epoch means; under DDP also over the processes
+        epoch_mean = {"on_step": False, "on_epoch": True, "sync_dist": True, "batch_size": len(real)}
         for name, value in {"d_loss" if critic else "g_loss": loss, **parts}.items():
-            self.log(
-                f"train/{name}",
-                value.detach(),
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,
-                batch_size=len(real),
-                prog_bar=name.endswith("loss"),
-            )
+            self.log(f"train/{name}", value.detach(), prog_bar=name.endswith("loss"), **epoch_mean)
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[LinearLR]]:
         hp = self.hparams
-        d_optimizer = torch.optim.Adam(
-            self.discriminator.parameters(), lr=hp.lr_discriminator, betas=tuple(hp.betas)
-        )
-        g_optimizer = torch.optim.Adam(self.generator.parameters(), lr=hp.lr_generator, betas=tuple(hp.betas))
+        d_optimizer = torch.optim.Adam(self.discriminator.parameters(), hp.lr_discriminator, tuple(hp.betas))
+        g_optimizer = torch.optim.Adam(self.generator.parameters(), hp.lr_generator, tuple(hp.betas))
         total = epochs_to_train(self.trainer) if hp.lr_decay_to < 1 else 1  # constant rates need no length
         schedulers = [LinearLR(opt, 1.0, hp.lr_decay_to, total) for opt in (d_optimizer, g_optimizer)]
         return [d_optimizer, g_optimizer], schedulers  # 1.x's order: the critic first
 
     def on_train_epoch_end(self) -> None:
         # manual optimization: Lightning steps no scheduler; this is their one cadence
-        d_scheduler, g_scheduler = self.lr_schedulers()
-        hp = self.hparams
+        (d_scheduler, g_scheduler), hp = self.lr_schedulers(), self.hparams
         if hp.scheduler_cadence == "lightning_1x":
             # 1.9.5 (PR #4868): the optimizer active at the epoch's last batch, that batch counted over all
             # epochs (total_batch_idx); every batch steps one optimizer, so that index is global_step - 1
@@ -164,19 +145,16 @@ class GAN(pl.LightningModule):
         if not self.trainer.fast_dev_run and self.trainer.num_training_batches <= self.hparams.n_critic:
             rank_zero_warn(
                 f"An epoch has {self.trainer.num_training_batches} batches and the cycle starts every epoch "
-                f"with n_critic={self.hparams.n_critic} critic batches (as in 1.x): the generator never steps. Use "
-                "more batches per epoch (limit_train_batches) or a smaller n_critic."
+                f"with n_critic={self.hparams.n_critic} critic batches (as in 1.x): the generator never "
+                "steps. Use more batches per epoch (limit_train_batches) or a smaller n_critic."
             )
 
     def configure_callbacks(self) -> list[Callback]:
-        hp = self.hparams
-        grid = SampleGrid(hp.grid_every_n_epochs, hp.grid_scale)
-        return [grid, SampleQuality(hp.judge_samples)] if hp.judge else [grid]
-
-    # --- samples: from the average generator, in eval mode ---
+        grid = SampleGrid(self.hparams.grid_every_n_epochs, self.hparams.grid_scale)
+        return [grid, SampleQuality(self.hparams.judge_samples)] if self.hparams.judge else [grid]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.render(z)
+        return self.render(z)  # the samples: from the average generator, in eval mode
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -188,7 +166,7 @@ class GAN(pl.LightningModule):
 
     @torch.no_grad()
     def render(self, z: torch.Tensor) -> torch.Tensor:
-        """The sampling generator's images for latents ``z``, in eval mode (the same latents give the same images)."""
+        """The sampling generator's images for latents ``z``, in eval mode: the same for the same latents."""
         generator = self.generator if self.generator_ema is None else self.generator_ema.module
         was_training = generator.training
         images = generator.eval()(z).float()
@@ -199,5 +177,4 @@ class GAN(pl.LightningModule):
         """Nothing to compute: ``SampleQuality`` reads the real images of each validation batch."""
 
     def predict_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        """One generated image per item of the batch."""
-        return self.sample(len(batch[0]))
+        return self.sample(len(batch[0]))  # one generated image per item of the batch

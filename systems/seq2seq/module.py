@@ -62,8 +62,14 @@ class Seq2Seq(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         sizes = f"embedding_dim={embedding_dim}, hidden_size={hidden_size}, num_layers={num_layers}"
-        require(min(embedding_dim, hidden_size, num_layers) >= 1, f"The model's sizes must be positive, got {sizes}.")
-        require(truncated_bptt_steps >= 1, f"model.truncated_bptt_steps (time steps per chunk, e.g. 32) must be positive, got {truncated_bptt_steps}.")
+        require(
+            min(embedding_dim, hidden_size, num_layers) >= 1,
+            f"The model's sizes must be positive, got {sizes}.",
+        )
+        require(
+            truncated_bptt_steps >= 1,
+            f"model.truncated_bptt_steps (time steps per chunk, e.g. 32) must be positive, got {truncated_bptt_steps}.",
+        )
         require(
             lr > 0 and min(weight_decay, gradient_clip_val, num_examples) >= 0,
             f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, weight_decay="
@@ -74,8 +80,12 @@ class Seq2Seq(pl.LightningModule):
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
         # each stage's loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token
         self.train_metrics = _metrics(vocab_size, streamed=False)
-        self.eval_metrics = nn.ModuleDict({stage: _metrics(vocab_size, streamed=True) for stage in ("val", "test")})
-        self.val_examples: list[Example] = []  # what 1.x passed to validation_epoch_end as `outputs`; freed there
+        self.eval_metrics = nn.ModuleDict(
+            {stage: _metrics(vocab_size, streamed=True) for stage in ("val", "test")}
+        )
+        self.val_examples: list[
+            Example
+        ] = []  # what 1.x passed to validation_epoch_end as `outputs`; freed there
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         inputs, targets, lengths = self._same_length_in_every_process(batch)
@@ -117,7 +127,10 @@ class Seq2Seq(pl.LightningModule):
         inputs, targets, lengths = batch
         if self.trainer.world_size == 1:
             return batch
-        extra = (0, int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max()) - inputs.shape[1])
+        extra = (
+            0,
+            int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max()) - inputs.shape[1],
+        )
         pad = self.hparams.vocab_size
         return F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad), lengths
 
@@ -126,10 +139,17 @@ class Seq2Seq(pl.LightningModule):
         self.lr_schedulers().step()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        return {"optimizer": optimizer, "lr_scheduler": CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer))}
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer)),
+        }
 
-    def forward(self, inputs: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+    def forward(
+        self, inputs: torch.Tensor, state: StreamState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
         """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
         return greedy(self.encoder, self.decoder, inputs, state)
 
@@ -177,7 +197,9 @@ class Seq2Seq(pl.LightningModule):
             text = f"epoch {self.current_epoch}\n\n{format_decodings(examples, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)}\n"
             path.write_text(text, encoding="utf-8")
             for writer in tensorboards(self.trainer):
-                writer.add_text("val/decodings", "\n".join("    " + line for line in text.splitlines()), self.global_step)
+                writer.add_text(
+                    "val/decodings", "\n".join("    " + line for line in text.splitlines()), self.global_step
+                )
 
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -185,7 +207,11 @@ class Seq2Seq(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
         """Stream whole sequences through chunk by chunk, from a batch ``(inputs, targets, lengths)`` or a bare (B, T)
         tensor of inputs: one tensor of tokens per sequence, padding cut off."""
-        inputs, _, lengths = batch if isinstance(batch, list | tuple) else (batch, None, torch.full((len(batch),), batch.shape[1]))
+        inputs, _, lengths = (
+            batch
+            if isinstance(batch, list | tuple)
+            else (batch, None, torch.full((len(batch),), batch.shape[1]))
+        )
         tokens, _ = self.stream(inputs)
         return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
 
@@ -194,7 +220,13 @@ def _metrics(vocab_size: int, streamed: bool) -> nn.ModuleDict:
     """One stage's metrics, logged as ``stage/name``: the loss per token and the token accuracy; for the greedy
     stream (validation, test) also the accuracy past the first chunk and the share of sequences without an error."""
     # the training accuracy skips its argument checks, which would sync the GPU with the host at every batch
-    metrics = {"loss": MeanMetric(), "acc": MulticlassAccuracy(vocab_size, average="micro", validate_args=streamed)}
+    metrics = {
+        "loss": MeanMetric(),
+        "acc": MulticlassAccuracy(vocab_size, average="micro", validate_args=streamed),
+    }
     if streamed:
-        metrics |= {"acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"), "exact": MeanMetric()}
+        metrics |= {
+            "acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"),
+            "exact": MeanMetric(),
+        }
     return nn.ModuleDict(metrics)
