@@ -131,12 +131,14 @@ class ResumeSettings(Callback):
         self.schedules = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        for optimizer, groups in zip(trainer.optimizers, self.groups if trainer.ckpt_path else []):
-            for group, settings in zip(optimizer.param_groups, groups):  # a group added later keeps its own
+        if trainer.ckpt_path is None:
+            return
+        for optimizer, groups in zip(trainer.optimizers, self.groups, strict=True):
+            for group, settings in zip(
+                optimizer.param_groups, groups, strict=False
+            ):  # later groups: their own
                 group.update({**settings, "params": group["params"]})
-        for config, settings in zip(
-            trainer.lr_scheduler_configs, self.schedules if trainer.ckpt_path else []
-        ):
+        for config, settings in zip(trainer.lr_scheduler_configs, self.schedules, strict=True):
             if isinstance(scheduler := config.scheduler, LRScheduler):
                 steps = scheduler.last_epoch
                 scheduler.load_state_dict(settings)
