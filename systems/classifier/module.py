@@ -57,23 +57,17 @@ class Classifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        # what the argument types cannot say
         require(num_classes >= 2, f"num_classes must be 2 or more, got {num_classes}.")
         require(width >= 1, f"model.width must be 1 or more, got {width}.")
         require(lr > 0, f"model.lr must be > 0, got {lr}.")
         require(0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout}.")
-        require(
-            len(mean) == len(std) == image_shape[0],
-            f"mean {mean} and std {std} need one value per channel ({image_shape[0]}): let the CLI link them "
-            "from the datamodule, or give one per channel.",
-        )
+        per_channel = f"mean {mean} and std {std} need one value per channel ({image_shape[0]})"
+        require(len(mean) == len(std) == image_shape[0], f"{per_channel}: let the CLI link them.")
         normalize = TypeAsNormalize(mean, std) if normalization == "type_as" else BufferNormalize(mean, std)
         self.net = ConvNet(normalize, image_shape[0], num_classes, width, dropout)
-        # validate_args=False: its checks of the labels sync the GPU with the host at every training step
-        # (the validation and test metrics still check them)
+        # validate_args=False: its label checks would sync the GPU with the host at every training step
         self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.val_acc, self.test_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
         self.skipped_batches = 0
         # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
         self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -152,31 +146,24 @@ class Classifier(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_interval = checkpoint.get("hyper_parameters", {}).get("scheduler_interval")
 
-    def on_train_start(self) -> None:
-        # resumed: the schedule's saved position counts epochs or steps, and cannot carry over into the other unit
-        saved, now = (
-            getattr(self, "saved_interval", None) or self.hparams.scheduler_interval,
-            self.hparams.scheduler_interval,
-        )
-        require(
-            saved == now,
-            f"The checkpoint steps its schedule every {saved} and this run every {now}: resume with --model.scheduler_interval={saved}.",
-        )
+    def on_train_start(self) -> None:  # resumed: the saved position counts epochs or steps, it cannot convert
+        now = self.hparams.scheduler_interval
+        saved = getattr(self, "saved_interval", None) or now
+        units = f"The checkpoint steps its schedule every {saved} and this run every {now}"
+        require(saved == now, f"{units}: resume with --model.scheduler_interval={saved}.")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), hp.lr, weight_decay=hp.weight_decay)
         interval = self.hparams.scheduler_interval
         if interval == "epoch":
             periods = epochs_to_train(self.trainer)
         else:
             periods = self.trainer.estimated_stepping_batches
-            require(
-                math.isfinite(periods),
-                "scheduler_interval='step' sizes the schedule by the steps to train, which are unbounded: set "
-                "--trainer.max_epochs or --trainer.max_steps.",
+            unbounded = (
+                "scheduler_interval='step' sizes the schedule by the steps to train, which are unbounded"
             )
+            require(math.isfinite(periods), f"{unbounded}: set --trainer.max_epochs or --trainer.max_steps.")
         scheduler = CosineAnnealingLR(optimizer, T_max=max(1, int(periods)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 

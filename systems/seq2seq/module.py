@@ -1,10 +1,7 @@
-"""The seq2seq system: an encoder and a decoder trained with truncated backprop through time (TBPTT).
-
-Lightning 1.x did TBPTT for you: ``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called
-``training_step(batch, batch_idx, hiddens)`` once per piece and stepped the optimizer after each. Lightning 2.0
-removed that; here ``training_step`` does the same by hand, under manual optimization. ``plain.py`` is the same
-step without Lightning; ``model.py`` holds the plain-torch pieces both use.
-"""
+"""The seq2seq system: an encoder and a decoder trained with truncated backprop through time (TBPTT). 1.x's
+``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called ``training_step(batch, batch_idx, hiddens)``
+per piece and stepped the optimizer after each; 2.0 removed it, and ``training_step`` does it by hand here, under
+manual optimization. ``plain.py`` is the same step without Lightning, on ``model.py``'s pieces."""
 
 from __future__ import annotations
 
@@ -13,36 +10,30 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.sequences import SequenceBatch, padding_mask
 from shared.errors import epochs_to_train, require
-from shared.visuals import epoch_file, tensorboards
-from systems.seq2seq.decodings import Example, first_examples, format_decodings
+from systems.seq2seq.evaluation import Example, first_examples, stage_metrics, write_decodings
 from systems.seq2seq.model import Decoder, Encoder, StreamState, chunk_loss, detach_state, greedy, time_chunks
 
 
 class Seq2Seq(pl.LightningModule):
-    """A streaming encoder-decoder that emits one target token per input token, trained in chunks of
-    ``truncated_bptt_steps`` steps; validation, test and prediction stream the sequences through in the same
-    chunks, decoding greedily and carrying the state as a live stream would.
+    """A streaming encoder-decoder, one target token per input token, trained in chunks of ``truncated_bptt_steps``
+    steps; validation, test and prediction stream the sequences in the same chunks, greedy, states carried.
 
     Args:
-        vocab_size: distinct tokens (linked from the datamodule); token ``vocab_size`` is padding for the encoder
-            and the start token for the decoder.
+        vocab_size: distinct tokens (linked); token ``vocab_size`` is the padding and the decoder's start token.
         embedding_dim: size of the token embeddings of both nets.
         hidden_size: LSTM width of both nets.
         num_layers: LSTM layers of each net.
         truncated_bptt_steps: time steps per chunk, as 1.x's Trainer argument of that name.
-        carry_states: pass the states on from chunk to chunk (TBPTT); False starts every chunk afresh, the
-            ablation that shows what carrying buys.
+        carry_states: pass the states on from chunk to chunk (TBPTT); False: each chunk afresh (the ablation).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        gradient_clip_val: clip each chunk's gradient norm to this (0: no clipping); manual optimization does not
-            clip for you, and Lightning refuses ``Trainer(gradient_clip_val=...)`` with it.
+        gradient_clip_val: clip each chunk's gradient norm to this (0: no clipping): manual optimization does not
+            clip for you, nor take ``Trainer(gradient_clip_val=...)``.
         num_examples: validation sequences whose decodings are written out at each epoch's end.
     """
 
@@ -61,31 +52,24 @@ class Seq2Seq(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        sizes = f"embedding_dim={embedding_dim}, hidden_size={hidden_size}, num_layers={num_layers}"
-        require(
-            min(embedding_dim, hidden_size, num_layers) >= 1,
-            f"The model's sizes must be positive, got {sizes}.",
+        sizes = (embedding_dim, hidden_size, num_layers, truncated_bptt_steps)
+        names = "model.embedding_dim, hidden_size, num_layers and truncated_bptt_steps (steps per chunk)"
+        require(min(sizes) >= 1, f"{names} must be 1 or more, got {', '.join(map(str, sizes))}.")
+        rest = (
+            f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, num_examples={num_examples}"
         )
-        require(
-            truncated_bptt_steps >= 1,
-            f"model.truncated_bptt_steps (time steps per chunk, e.g. 32) must be positive, got {truncated_bptt_steps}.",
-        )
-        require(
-            lr > 0 and min(weight_decay, gradient_clip_val, num_examples) >= 0,
-            f"lr must be > 0 and weight_decay, gradient_clip_val and num_examples >= 0, got lr={lr}, weight_decay="
-            f"{weight_decay}, gradient_clip_val={gradient_clip_val}, num_examples={num_examples}.",
-        )
+        require(lr > 0, f"model.lr must be > 0, got {lr}.")
+        require(min(weight_decay, gradient_clip_val, num_examples) >= 0, f"These must be 0 or more: {rest}.")
         self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
         # each stage's loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token
-        self.train_metrics = _metrics(vocab_size, streamed=False)
+        self.train_metrics = stage_metrics(vocab_size, streamed=False)
         self.eval_metrics = nn.ModuleDict(
-            {stage: _metrics(vocab_size, streamed=True) for stage in ("val", "test")}
+            {s: stage_metrics(vocab_size, streamed=True) for s in ("val", "test")}
         )
-        self.val_examples: list[
-            Example
-        ] = []  # what 1.x passed to validation_epoch_end as `outputs`; freed there
+        # what 1.x passed to validation_epoch_end as `outputs`; freed there
+        self.val_examples: list[Example] = []
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         inputs, targets, lengths = self._same_length_in_every_process(batch)
@@ -106,9 +90,7 @@ class Seq2Seq(pl.LightningModule):
         self.log("train/loss", self.train_metrics["loss"], on_step=True, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_metrics["acc"], on_step=False, on_epoch=True)
 
-    def chunk_loss(
-        self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, state: StreamState | None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+    def chunk_loss(self, inputs: Tensor, targets: Tensor, mask: Tensor, state: StreamState | None) -> tuple:
         """``model.chunk_loss`` on this system's nets: the chunk's loss, its logits, the state to hand on."""
         return chunk_loss(self.encoder, self.decoder, inputs, targets, mask, state)
 
@@ -122,34 +104,24 @@ class Seq2Seq(pl.LightningModule):
         self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
 
     def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
-        """The batch padded to the longest of all processes: under DDP each backward all-reduces the gradients, so
-        every process must run as many chunks, or the others wait for it forever."""
+        """Padded to the longest batch of all processes: under DDP each must run as many chunks (all-reduces)."""
         inputs, targets, lengths = batch
         if self.trainer.world_size == 1:
             return batch
-        extra = (
-            0,
-            int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max()) - inputs.shape[1],
-        )
-        pad = self.hparams.vocab_size
+        longest = int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max())
+        extra, pad = (0, longest - inputs.shape[1]), self.hparams.vocab_size
         return F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad), lengths
 
-    def on_train_epoch_end(self) -> None:
-        # manual optimization leaves the scheduler to us; stepped before last.ckpt is written
+    def on_train_epoch_end(self) -> None:  # manual optimization: the scheduler is ours; before last.ckpt
         self.lr_schedulers().step()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": CosineAnnealingLR(optimizer, T_max=epochs_to_train(self.trainer)),
-        }
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), hp.lr, weight_decay=hp.weight_decay)
+        scheduler = CosineAnnealingLR(optimizer, epochs_to_train(self.trainer))
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def forward(
-        self, inputs: torch.Tensor, state: StreamState | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, StreamState]:
+    def forward(self, inputs: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, ...]:
         """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
         return greedy(self.encoder, self.decoder, inputs, state)
 
@@ -164,8 +136,8 @@ class Seq2Seq(pl.LightningModule):
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
     def _evaluate(self, batch: SequenceBatch, stage: str) -> torch.Tensor:
-        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks as in
-        training; returns the stream's tokens."""
+        """Validation's and test's step: the greedy stream's metrics and tokens, and the loss teacher-forced in
+        chunks as in training."""
         inputs, targets, lengths = batch
         mask, metrics = padding_mask(lengths, inputs.shape[1]), self.eval_metrics[stage]
         tokens, _ = self.stream(inputs)
@@ -190,43 +162,19 @@ class Seq2Seq(pl.LightningModule):
             self.val_examples += first_examples(batch, tokens, self.hparams.num_examples)
 
     def on_validation_epoch_end(self) -> None:
-        # a text file in the run's folder and TensorBoard's text (Markdown: indented, a code block); every
-        # process asks for the file, which is a broadcast under DDP, and the first writes its own examples
         examples, self.val_examples = self.val_examples, []
-        if self.hparams.num_examples and (path := epoch_file(self.trainer, "val/decodings", ".txt")):
-            text = f"epoch {self.current_epoch}\n\n{format_decodings(examples, self.hparams.vocab_size, self.hparams.truncated_bptt_steps)}\n"
-            path.write_text(text, encoding="utf-8")
-            for writer in tensorboards(self.trainer):
-                writer.add_text(
-                    "val/decodings", "\n".join("    " + line for line in text.splitlines()), self.global_step
-                )
+        if self.hparams.num_examples:
+            hp = self.hparams
+            write_decodings(self.trainer, examples, hp.vocab_size, hp.truncated_bptt_steps)
 
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
-        """Stream whole sequences through chunk by chunk, from a batch ``(inputs, targets, lengths)`` or a bare (B, T)
-        tensor of inputs: one tensor of tokens per sequence, padding cut off."""
-        inputs, _, lengths = (
-            batch
-            if isinstance(batch, list | tuple)
-            else (batch, None, torch.full((len(batch),), batch.shape[1]))
-        )
+        """Whole sequences streamed in chunks, from ``(inputs, targets, lengths)`` or bare inputs (B, T): each one's
+        tokens, padding cut off."""
+        if not isinstance(batch, list | tuple):
+            batch = batch, None, torch.full((len(batch),), batch.shape[1])
+        inputs, _, lengths = batch
         tokens, _ = self.stream(inputs)
         return [row[: int(n)].cpu() for row, n in zip(tokens, lengths, strict=True)]
-
-
-def _metrics(vocab_size: int, streamed: bool) -> nn.ModuleDict:
-    """One stage's metrics, logged as ``stage/name``: the loss per token and the token accuracy; for the greedy
-    stream (validation, test) also the accuracy past the first chunk and the share of sequences without an error."""
-    # the training accuracy skips its argument checks, which would sync the GPU with the host at every batch
-    metrics = {
-        "loss": MeanMetric(),
-        "acc": MulticlassAccuracy(vocab_size, average="micro", validate_args=streamed),
-    }
-    if streamed:
-        metrics |= {
-            "acc_past_first_chunk": MulticlassAccuracy(vocab_size, average="micro"),
-            "exact": MeanMetric(),
-        }
-    return nn.ModuleDict(metrics)

@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
 from shared.checkpoints import read_checkpoint
-from systems.transfer.model import BatchNormPolicy, unfreeze
+from systems.transfer.model import BNPolicy, unfreeze
 from systems.transfer.weights import PRETRAINED_BACKBONE, backbone_state
 
 
@@ -25,7 +25,7 @@ class UnfreezeBackbone(Callback):
     ``configure_optimizers`` and that restore); under DDP its gradients must be averaged by hand, since DDP syncs
     only the parameters that required gradients when it wrapped the model."""
 
-    def __init__(self, at_epoch: int, lr: float, stages: int, bn_policy: BatchNormPolicy) -> None:
+    def __init__(self, at_epoch: int, lr: float, stages: int, bn_policy: BNPolicy) -> None:
         self.at_epoch, self.lr, self.stages, self.bn_policy = at_epoch, lr, stages, bn_policy
         self.joined, self.params = False, []
 

@@ -12,7 +12,7 @@ from torchvision.models import ResNet, get_model
 
 Arch = Literal["resnet18", "resnet34", "resnet50"]
 # frozen: BatchNorm keeps its pretrained statistics and weights; train: both adapt to the target data
-BatchNormPolicy = Literal["frozen", "train"]
+BNPolicy = Literal["frozen", "train"]
 # the five stages a ResNet backbone is frozen and unfrozen by, from the input on: the stem, then layer1-4
 STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -41,7 +41,7 @@ class Standardize(nn.Module):
         return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def unfreeze(backbone: ResNet, stages: int, bn_policy: BatchNormPolicy) -> list[nn.Parameter]:
+def unfreeze(backbone: ResNet, stages: int, bn_policy: BNPolicy) -> list[nn.Parameter]:
     """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all); the parameters that were frozen.
     Under ``bn_policy="frozen"`` their BatchNorm layers stay frozen (weights and statistics)."""
     modules = [
@@ -55,7 +55,7 @@ def unfreeze(backbone: ResNet, stages: int, bn_policy: BatchNormPolicy) -> list[
     return [p.requires_grad_(True) for p in joined]
 
 
-def set_modes(backbone: ResNet, bn_policy: BatchNormPolicy) -> None:
+def set_modes(backbone: ResNet, bn_policy: BNPolicy) -> None:
     """Frozen stages in eval mode, trainable ones in train mode, and BatchNorm in train mode only under
     ``bn_policy="train"``: in train mode it updates its statistics even when nothing requires grad."""
     for stage in STAGES:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from systems.transfer.model import BatchNormPolicy, Standardize, build_backbone, set_modes
+from systems.transfer.model import BNPolicy, Standardize, build_backbone, set_modes
 
 CONFIG = Path(__file__).with_name("config.yaml")
 
@@ -34,7 +34,7 @@ def train(
     lr: float,
     backbone_lr: float,
     weight_decay: float,
-    bn_policy: BatchNormPolicy = "frozen",
+    bn_policy: BNPolicy = "frozen",
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
     on_step: Callable[[], None] = lambda: None,

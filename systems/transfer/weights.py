@@ -27,8 +27,11 @@ def is_weight_name(weights: str) -> bool:
     return re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) is not None
 
 
-def weight_names(arch: str) -> list[str]:
-    return [w.name for w in get_model_weights(arch)] + ["DEFAULT"]
+def check_name(arch: str, weights: str | None) -> None:
+    """Refuse a torchvision weight name that ``arch`` does not have (a path is checked when it is read)."""
+    names = [w.name for w in get_model_weights(arch)] + ["DEFAULT"]
+    named = weights is None or not is_weight_name(weights) or weights in names
+    require(named, f"{arch} has no weights called {weights}: use one of {', '.join(names)}, or a file.")
 
 
 def cached_file(arch: str, name: str) -> Path:

@@ -195,7 +195,10 @@ def test_head_width_comes_from_the_backbone(arch: str, width: int) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"weights": "IMAGENET1K_V9"}, "has no torchvision weights called IMAGENET1K_V9"),
+        (
+            {"weights": "IMAGENET1K_V9"},
+            "resnet18 has no weights called IMAGENET1K_V9: use one of IMAGENET1K_V1, DEFAULT",
+        ),
         ({"unfreeze_stages": 6}, "unfreeze_stages must be"),
         ({"unfreeze_at_epoch": -1}, "unfreeze_at_epoch must be"),
         ({"image_shape": (2, SIZE, SIZE), "mean": (0.1, 0.1), "std": (0.2, 0.2)}, "grey or RGB"),

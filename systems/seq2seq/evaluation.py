@@ -1,10 +1,17 @@
-"""Example decodings as text: what the validation epoch's end writes, for a person to read."""
+"""What the seq2seq's evaluation measures and writes: each stage's metrics, and example decodings as text for a
+person to read (a file in the run's folder, and TensorBoard's text)."""
 
 from __future__ import annotations
 
 import string
 
+import pytorch_lightning as pl
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from shared.visuals import epoch_file, tensorboards
 
 # how example decodings show a token when the vocabulary is small enough for one character per token
 _ALPHABET = string.digits + string.ascii_letters
@@ -57,3 +64,29 @@ def format_decoding(
 def format_decodings(examples: list[Example], vocab_size: int, chunk_size: int) -> str:
     """Each example's ``(inputs, targets, tokens)`` formatted in turn: one validation epoch's text."""
     return "\n\n".join(format_decoding(*example, vocab_size, chunk_size) for example in examples)
+
+
+def write_decodings(trainer: pl.Trainer, examples: list[Example], vocab_size: int, chunk_size: int) -> None:
+    """The examples as ``val_decodings/epoch=NNN.txt`` and TensorBoard's text (Markdown: indented, a code block).
+    Every process calls it (the file's folder is a broadcast under DDP); the first writes its own examples."""
+    if (path := epoch_file(trainer, "val/decodings", ".txt")) is not None:
+        text = f"epoch {trainer.current_epoch}\n\n{format_decodings(examples, vocab_size, chunk_size)}\n"
+        path.write_text(text, encoding="utf-8")
+        for writer in tensorboards(trainer):
+            writer.add_text(
+                "val/decodings", "\n".join("    " + line for line in text.splitlines()), trainer.global_step
+            )
+
+
+def stage_metrics(vocab_size: int, streamed: bool) -> nn.ModuleDict:
+    """One stage's metrics, logged as ``stage/name``: the loss per token and the token accuracy; for the greedy
+    stream (validation, test) also the accuracy past the first chunk and the share of sequences without an error."""
+    # the training accuracy skips its argument checks, which would sync the GPU with the host at every batch
+    metrics = {
+        "loss": MeanMetric(),
+        "acc": MulticlassAccuracy(vocab_size, average="micro", validate_args=streamed),
+    }
+    if streamed:
+        metrics["acc_past_first_chunk"] = MulticlassAccuracy(vocab_size, average="micro")
+        metrics["exact"] = MeanMetric()
+    return nn.ModuleDict(metrics)
