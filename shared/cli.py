@@ -31,13 +31,16 @@ SUBCOMMANDS = ("fit", "validate", "test", "predict")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
 
 
-def _docs_spelling(value: Any) -> Any:
-    """``lightning.pytorch.X``, as Lightning's docs spell class paths, read as ``pytorch_lightning.X``."""
+def _docs_spelling(value: Any, anywhere: bool = False) -> Any:
+    """``lightning.pytorch.X``, as Lightning's docs spell class paths, read as ``pytorch_lightning.X``: the same
+    classes (the ``lightning`` package, where installed, has classes of its own): in flags, and in config files."""
     if isinstance(value, dict):
         return {key: _docs_spelling(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_docs_spelling(item) for item in value]
-    return re.sub(r"^lightning\.pytorch\.", "pytorch_lightning.", value) if isinstance(value, str) else value
+    start = "(?<![\\w.])" if anywhere else "^"
+    pattern = start + r"lightning\.pytorch\.(?=(\w+\.)*[A-Z])"  # a class's path, not a module's
+    return re.sub(pattern, "pytorch_lightning.", value) if isinstance(value, str) else value
 
 
 set_loader("systems", lambda text: _docs_spelling(yaml.safe_load(text)), (yaml.YAMLError,))  # flags, files
@@ -73,7 +76,7 @@ class SystemCLI(LightningCLI):
         self, model: type, name: str, links: dict, args: Any = None, run: bool = True, config: str = ""
     ) -> None:
         self.name, self.links, self.checkpoint, self.run_folder, self.made = name, links, None, None, []
-        args = sys.argv[1:] if args is None else args
+        args = [_docs_spelling(arg, anywhere=True) for arg in (sys.argv[1:] if args is None else args)]
         if run and not set(args) & {*SUBCOMMANDS, "-h", "--help"}:
             args = ["fit", *args]
         # allow_abbrev: --trainer.max_epoch is refused, not read as max_epochs; the parser's errors are exceptions
@@ -114,7 +117,7 @@ class SystemCLI(LightningCLI):
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
     def _parse_ckpt_path(self) -> None:
-        """The one private name of Lightning this project uses (``tests/test_private.py``): LightningCLI 2.5+ puts
+        """The one private name of Lightning this project uses (``tests/test_private.py``): LightningCLI 2.5.5+ puts
         a checkpoint's hyper-parameters over the configuration here, dropping the flags given with ``--ckpt_path``.
         Here the configuration builds the model, as ``Trainer.fit(model, ckpt_path=...)`` does in Python."""
 

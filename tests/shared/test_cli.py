@@ -15,7 +15,7 @@ from shared.cli import SystemCLI
 from shared.resume import LastCheckpoint
 from shared.table import MetricsTable
 from systems.classifier.train import main
-from tests.helpers import QUIET, refused
+from tests.helpers import QUIET, ROOT, refused
 
 SHORT = [
     *QUIET,
@@ -198,3 +198,58 @@ def test_save_weights_only_drops_the_optimizer_state() -> None:
     last = Path("lightning_logs/classifier/version_0/checkpoints/last.ckpt")
     assert "optimizer_states" not in torch.load(best, weights_only=True)
     assert "optimizer_states" in torch.load(last, weights_only=True)  # last.ckpt must stay resumable
+
+
+FAKE_LIGHTNING = {  # a `lightning` package of its own classes, as the real one installed beside would be
+    "lightning/__init__.py": "",
+    "lightning/pytorch/__init__.py": "",
+    "lightning/pytorch/callbacks.py": "class LearningRateMonitor:\n    pass\n",
+    "lightning/pytorch/loggers.py": "class CSVLogger:\n    pass\n",
+}
+DOCS_SPELLING = [
+    "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor",
+    "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+    "--trainer.logger.init_args.save_dir=csv",
+]
+
+
+def fake_lightning(folder: Path) -> Path:
+    for name, text in FAKE_LIGHTNING.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_lightning_docs_class_paths_are_this_projects_classes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.loggers import CSVLogger
+
+    monkeypatch.syspath_prepend(str(fake_lightning(tmp_path / "fake")))
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.EarlyStopping\n"
+        "      init_args: {monitor: val/acc}\n"
+    )
+    cli = main(["fit", *SHORT, "--trainer.max_epochs=1", f"--config={config}", *DOCS_SPELLING])
+    assert (
+        isinstance(cli.trainer.logger, CSVLogger)
+        and Path("csv/lightning_logs/version_0/metrics.csv").is_file()
+    )
+    kinds = {type(c).__name__ for c in cli.trainer.callbacks}
+    assert {"EarlyStopping", "LearningRateMonitor"} <= kinds
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+
+
+@pytest.mark.slow
+def test_lightning_docs_class_paths_through_the_real_command_line(tmp_path: Path) -> None:
+    from tests.helpers import run_module
+
+    fake = fake_lightning(tmp_path / "fake")
+    flags = [*SHORT, "--trainer.max_epochs=1", "--test_after_fit=false", *DOCS_SPELLING]
+    result = run_module(
+        "systems.classifier.train", "fit", *flags, cwd=tmp_path, env={"PYTHONPATH": f"{ROOT}:{fake}"}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "csv/lightning_logs/version_0/metrics.csv").is_file()
