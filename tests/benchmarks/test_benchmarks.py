@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from packaging.version import Version
 
 from benchmarks import amp, parity
 from benchmarks.workloads import WORKLOADS
@@ -82,10 +84,18 @@ def bf16_lstm_runs_here() -> bool:
     return True
 
 
-@pytest.mark.parametrize("name", sorted(WORKLOADS))
+# the full ResNet-50-sized transfer run takes 20 s here: the slow suite's
+PARITY = [pytest.param(n, marks=pytest.mark.slow) if n == "transfer-full" else n for n in sorted(WORKLOADS)]
+
+
+@pytest.mark.parametrize("name", PARITY)
 def test_each_plain_loop_does_what_its_lightning_module_does(name: str, tmp_path: Path) -> None:
     """The parity ratio means something only if both loops do the same arithmetic: same final weights."""
     precisions = ["fp32", "bf16-mixed"] if name != "seq2seq" or bf16_lstm_runs_here() else ["fp32"]
+    if name == "gan" and Version(pl.__version__) < Version("2.5.5"):  # its autocast kept the cast cache then,
+        precisions = [
+            "fp32"
+        ]  # where the plain loop, as Lightning since, turns it off: bf16 rounds differently
     payload = parity.main(
         [*TINY, "--workloads", name, "--precisions", *precisions, "--runs=1", "--out", str(tmp_path)]
     )

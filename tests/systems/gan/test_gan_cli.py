@@ -15,6 +15,7 @@ from systems.gan.train import main
 from tests.helpers import QUIET, run_module
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_the_real_command_line(tmp_path: Path) -> None:
     result = run_module("systems.gan.train", "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
