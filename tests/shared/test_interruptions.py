@@ -128,6 +128,7 @@ def test_an_exception_saves_nothing_and_keeps_its_traceback(monkeypatch: pytest.
     assert "last.ckpt" in names and not {"interrupted.ckpt", "on_exception.ckpt"} & names
 
 
+@pytest.mark.slow
 def test_ctrl_c_through_the_real_command_line(tmp_path: Path) -> None:
     """A real SIGINT: the message, the checkpoint, exit status 130."""
     command = [sys.executable, "-m", "systems.classifier.train", *RUN[:1], *QUIET]

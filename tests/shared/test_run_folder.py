@@ -55,6 +55,7 @@ def test_runs_started_together_in_one_folder_each_get_their_own(tmp_path: Path) 
         assert len(list(folder.glob("events.out.tfevents.*"))) == 1
 
 
+@pytest.mark.slow
 def test_a_failed_write_is_reported_once_and_leaves_no_truncated_checkpoint(tmp_path: Path) -> None:
     """A file-size limit makes every checkpoint write fail, as a full disk does, in a real run."""
 

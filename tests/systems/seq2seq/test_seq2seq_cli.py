@@ -32,6 +32,7 @@ def fit_tiny(*flags: str):
     return main(["fit", *QUIET, *TINY, "--trainer.max_epochs=1", *flags])
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_the_real_command_line(tmp_path: Path) -> None:
     result = run_module("systems.seq2seq.train", "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -45,6 +45,7 @@ def backbone_of(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
 
 
+@pytest.mark.slow
 def test_fast_dev_run_pretrain_through_the_real_cli(tmp_path: Path) -> None:
     result = run_module("systems.transfer.pretrain", "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -55,6 +56,7 @@ def test_fast_dev_run_pretrain_through_the_real_cli(tmp_path: Path) -> None:
     assert not (tmp_path / PRETRAINED_BACKBONE).exists()
 
 
+@pytest.mark.slow
 def test_fast_dev_run_train_through_the_real_cli(tmp_path: Path, pretrained: dict) -> None:
     result = run_module("systems.transfer.train", "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
