@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,6 +30,8 @@ from shared.resume import GracefulStop, LastCheckpoint, RandomState, ResumeSetti
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
+# Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger"), printed by every run
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))
 
 
 def _docs_spelling(value: Any, anywhere: bool = False) -> Any:
@@ -114,6 +117,22 @@ class SystemCLI(LightningCLI):
             )
             config.ckpt_path = path = str(max(found, key=lambda p: p.stat().st_mtime))
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
+        seed, trainer = config.get("seed_everything"), config.get("trainer", {})
+        require(
+            seed is None or isinstance(seed, bool) or 0 <= seed < 2**32,
+            f"--seed_everything={seed} is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there.",
+        )
+        every = trainer.get("accumulate_grad_batches", 1)
+        require(
+            every >= 1,
+            f"--trainer.accumulate_grad_batches={every} would never step the optimizer: set it to 1 or more.",
+        )
+        clip = trainer.get("gradient_clip_val") or 0
+        require(
+            clip >= 0,
+            f"--trainer.gradient_clip_val={clip} is negative, which flips the gradients (training climbs the "
+            "loss): set it above 0, or 0 for no clipping.",
+        )
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
     def _parse_ckpt_path(self) -> None:

@@ -42,6 +42,14 @@ def nothing_written() -> bool:
         (gan, ["--model.n_critic=0"], "model.n_critic and model.n_generator must be 1 or more"),
         (gan, ["--model.generator_blocks=-1"], "generator_blocks 0 or more"),
         (gan, ["--model.ema_decay=1"], "ema_decay in [0, 1)"),
+        (
+            classifier,
+            ["--trainer.accumulate_grad_batches=0"],
+            "--trainer.accumulate_grad_batches=0 would never step",
+        ),
+        (classifier, ["--trainer.gradient_clip_val=-1"], "--trainer.gradient_clip_val=-1 is negative"),
+        (classifier, ["--seed_everything=-5"], "--seed_everything=-5 is outside 0 to 4294967295"),
+        (classifier, ["--seed_everything=4294967296"], "--seed_everything=4294967296 is outside"),
     ],
 )
 def test_a_bad_value_is_one_sentence_with_nothing_written(

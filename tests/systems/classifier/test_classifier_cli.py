@@ -26,6 +26,7 @@ def test_fast_dev_run_through_the_real_command_line(tmp_path: Path) -> None:
     result = run_module(TRAIN, "fit", "--trainer.fast_dev_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/acc" in result.stdout  # fit, then the closing test
+    assert "Tip" not in result.stdout + result.stderr  # Lightning's advertisements for its cloud are off
     assert not list(tmp_path.glob("lightning_logs/**/*.ckpt"))  # fast_dev_run writes no checkpoints
 
 
