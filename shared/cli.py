@@ -1,5 +1,5 @@
-"""The command line every ``train.py`` runs: ``LightningCLI`` with this project's conventions, an optional layer
-over the kit (``resume.py``, ``checkpoints.py``, ``errors.py``), whose pieces work without it."""
+"""The command line every ``train.py`` runs: ``LightningCLI`` with this project's conventions, an optional layer over
+the kit (``resume.py``, ``checkpoints.py``, ``errors.py``), whose pieces work without it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +31,27 @@ from shared.resume import GracefulStop, LastCheckpoint, RandomState, ResumeSetti
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
-# Lightning's advertisements for its cloud services ("💡 Tip: ... litlogger"), printed by every run
+# Lightning's advertisement for its cloud ("💡 Tip: ... litlogger") in every run: a run prints what its user needs
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))
+# ``lightning.pytorch.X``, as Lightning's docs spell class paths, is read as ``pytorch_lightning.X``, the same class
+# (the ``lightning`` package, where installed, has classes of its own): in flags and in config files
+DOCS_SPELLING = re.compile(
+    r"(?<![\w.])lightning\.pytorch\.(?=(\w+\.)*[A-Z])"
+)  # a class's path, not a module's
 
 
-def _docs_spelling(value: Any, anywhere: bool = False) -> Any:
-    """``lightning.pytorch.X``, as Lightning's docs spell class paths, read as ``pytorch_lightning.X``: the same
-    classes (the ``lightning`` package, where installed, has classes of its own): in flags, and in config files."""
-    if isinstance(value, dict):
-        return {key: _docs_spelling(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_docs_spelling(item) for item in value]
-    start = "(?<![\\w.])" if anywhere else "^"
-    pattern = start + r"lightning\.pytorch\.(?=(\w+\.)*[A-Z])"  # a class's path, not a module's
-    return re.sub(pattern, "pytorch_lightning.", value) if isinstance(value, str) else value
+def _docs_spelling(text: str) -> str:
+    return DOCS_SPELLING.sub("pytorch_lightning.", text)
 
 
-set_loader("systems", lambda text: _docs_spelling(yaml.safe_load(text)), (yaml.YAMLError,))  # flags, files
-Limit = int | float | None  # int first: the parser tries Lightning's Union[float, int] float first, 1 -> 1.0
+set_loader("systems", lambda text: yaml.safe_load(_docs_spelling(text)), (yaml.YAMLError,))
+# int first: the parser tries Lightning's ``float | int`` as a float first, and reads 1 as 1.0 (all batches)
+Limit = int | float | None
 
 
 class Trainer(pl.Trainer):
-    """``pl.Trainer`` whose ``--trainer.limit_train_batches=1`` means one batch, as in Python."""
+    """``pl.Trainer`` whose ``--trainer.limit_train_batches=1`` is one batch, as in Python, and whose settings that
+    would fail deep inside a run are refused in one sentence."""
 
     def __init__(
         self,
@@ -64,30 +64,46 @@ class Trainer(pl.Trainer):
         val_check_interval: int | float | str | dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs |= {"limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches}
-        kwargs |= {"limit_test_batches": limit_test_batches, "limit_predict_batches": limit_predict_batches}
-        super().__init__(overfit_batches=overfit_batches, val_check_interval=val_check_interval, **kwargs)
+        every, clip, epochs = (
+            kwargs.get(k) for k in ("accumulate_grad_batches", "gradient_clip_val", "max_epochs")
+        )
+        never = f"--trainer.accumulate_grad_batches={every} would never step"
+        require(every is None or every >= 1, f"{never}: set it to 1 or more.")
+        flips = "which flips the gradients (training climbs the loss): set it above 0, or 0 for no clipping"
+        require((clip or 0) >= 0, f"--trainer.gradient_clip_val={clip} is negative, {flips}.")
+        until = "set it to the epochs to train (or -1 to train until --trainer.max_steps)"
+        require(
+            epochs in (None, -1) or epochs >= 1, f"--trainer.max_epochs={epochs} trains nothing: {until}."
+        )
+        gpu = kwargs.get("accelerator") in ("gpu", "cuda")
+        require(
+            not gpu or torch.cuda.is_available(),
+            "torch sees no GPU here: use --trainer.accelerator=auto or cpu.",
+        )
+        limits = {"limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches}
+        limits |= {"limit_test_batches": limit_test_batches, "limit_predict_batches": limit_predict_batches}
+        super().__init__(
+            overfit_batches=overfit_batches, val_check_interval=val_check_interval, **limits, **kwargs
+        )
 
 
 class SystemCLI(LightningCLI):
-    """No subcommand means ``fit``; the ``config`` file beside the model's module (``config.yaml``) is every
-    subcommand's defaults; TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N``;
-    the kit's callbacks are on; ``links`` (data attribute -> model argument) are linked; ``--ckpt_path`` is read
-    and checked before anything runs; a mistake is one sentence, status 2, with nothing left behind."""
+    """No subcommand means ``fit``; the ``config.yaml`` beside the model's module is every subcommand's defaults;
+    TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N``; the kit's callbacks are on;
+    ``links`` (data attribute -> model argument) are linked; ``--ckpt_path`` is read and checked before anything
+    runs; a mistake is one sentence, status 2, with nothing left behind."""
 
     def __init__(
         self, model: type, name: str, links: dict, args: Any = None, run: bool = True, config: str = ""
     ) -> None:
         self.name, self.links, self.checkpoint, self.run_folder, self.made = name, links, None, None, []
-        args = [_docs_spelling(arg, anywhere=True) for arg in (sys.argv[1:] if args is None else args)]
+        args = [_docs_spelling(arg) for arg in (sys.argv[1:] if args is None else args)]
         if run and not set(args) & {*SUBCOMMANDS, "-h", "--help"}:
             args = ["fit", *args]
         # allow_abbrev: --trainer.max_epoch is refused, not read as max_epochs; the parser's errors are exceptions
         settings = {"allow_abbrev": False, "exit_on_error": False, "parser_mode": "systems"}
-        defaults = {
-            **settings,
-            "default_config_files": [Path(inspect.getfile(model)).with_name(config or "config.yaml")],
-        }
+        config_file = Path(inspect.getfile(model)).with_name(config or "config.yaml")
+        defaults = {**settings, "default_config_files": [config_file]}
         callbacks = [RandomState(), LastCheckpoint(), ResumeSettings(), GracefulStop(), PredictionWriter()]
         options = {"subclass_mode_data": True, "trainer_class": Trainer, "seed_everything_default": 42}
         options |= {"trainer_defaults": {"callbacks": callbacks}, "save_config_kwargs": {"overwrite": False}}
@@ -104,9 +120,16 @@ class SystemCLI(LightningCLI):
             parser.link_arguments(f"data.{fact}", f"model.{argument}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)  # then --ckpt_path, read and checked before anything is built
+        super().parse_arguments(
+            parser, args
+        )  # then the seed and --ckpt_path, checked before anything is built
         config = self.config.get(self.config.get("subcommand") or "", {})
-        if (path := config.get("ckpt_path")) == "last":
+        seed, path = config.get("seed_everything"), config.get("ckpt_path")
+        numpy = f"is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there"
+        require(
+            seed is None or isinstance(seed, bool) or 0 <= seed < 2**32, f"--seed_everything={seed} {numpy}."
+        )
+        if path == "last":
             runs = Path(config.trainer.default_root_dir or ".") / "lightning_logs" / self.name
             found = [
                 p for p in runs.glob("version_*/checkpoints/*.ckpt") if p.stem in ("last", "interrupted")
@@ -117,22 +140,6 @@ class SystemCLI(LightningCLI):
             )
             config.ckpt_path = path = str(max(found, key=lambda p: p.stat().st_mtime))
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
-        seed, trainer = config.get("seed_everything"), config.get("trainer", {})
-        require(
-            seed is None or isinstance(seed, bool) or 0 <= seed < 2**32,
-            f"--seed_everything={seed} is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there.",
-        )
-        every = trainer.get("accumulate_grad_batches", 1)
-        require(
-            every >= 1,
-            f"--trainer.accumulate_grad_batches={every} would never step the optimizer: set it to 1 or more.",
-        )
-        clip = trainer.get("gradient_clip_val") or 0
-        require(
-            clip >= 0,
-            f"--trainer.gradient_clip_val={clip} is negative, which flips the gradients (training climbs the "
-            "loss): set it above 0, or 0 for no clipping.",
-        )
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
     def _parse_ckpt_path(self) -> None:
@@ -143,12 +150,13 @@ class SystemCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         if self.checkpoint is not None:  # what differs from it is said; weights that do not fit are refused
             saved, hp = self.checkpoint.get("hyper_parameters", {}), self.model.hparams
-            changed = {k: saved[k] for k, v in hp.items() if k in saved and not _same(saved[k], v)}
+            text = partial(
+                json.dumps, default=str
+            )  # a checkpoint keeps the hyper-parameters' tuples as lists
+            changed = {k: saved[k] for k, v in hp.items() if k in saved and text(saved[k]) != text(v)}
             if changed:
-                rank_zero_info(
-                    "Not as in the checkpoint: "
-                    + ", ".join(f"model.{k} {v} -> {hp[k]}" for k, v in changed.items())
-                )
+                said = ", ".join(f"model.{k} {v} -> {hp[k]}" for k, v in changed.items())
+                rank_zero_info(f"Not as in the checkpoint: {said}")
             if details := state_mismatch(self.model.state_dict(), self.checkpoint["state_dict"]):
                 path = Path(self.config[self.subcommand].ckpt_path)
                 run = path.parent.parent / "config.yaml"
@@ -157,49 +165,38 @@ class SystemCLI(LightningCLI):
                 message = f"The weights in {path} do not fit the model this configuration builds ({details})"
                 raise UserError(f"{message}: they were trained with {trained}; pass {fix}.")
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
-        gpu = trainer.get("accelerator") in ("gpu", "cuda")
-        require(
-            not gpu or torch.cuda.is_available(),
-            "torch sees no GPU here: use --trainer.accelerator=auto or cpu.",
-        )
-        epochs = trainer.get("max_epochs")
-        fit = self.subcommand == "fit"
-        require(
-            not fit or epochs in (None, -1) or epochs >= 1,
-            f"--trainer.max_epochs={epochs} trains nothing: set "
-            "it to the epochs to train (or -1 to train until --trainer.max_steps).",
-        )
         if trainer.get("logger") in (None, True) and not trainer.get("fast_dev_run"):
             root = Path(trainer.get("default_root_dir") or ".") / "lightning_logs"
-            version = self._claim_version(root / self.name)
-            kwargs["logger"] = [TensorBoardLogger(root, self.name, version, default_hp_metric=False)]
-            kwargs["logger"].append(
-                CSVLogger(root, self.name, version)
-            )  # sharing is the point: CSVLogger warns
+            version = self._claim_version(
+                root / self.name
+            )  # sharing one folder is the point: CSVLogger warns
+            tensorboard = TensorBoardLogger(root, self.name, version, default_hp_metric=False)
+            kwargs["logger"] = [tensorboard, CSVLogger(root, self.name, version)]
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
         built = super().instantiate_trainer(**kwargs)
-        if type(built.strategy.checkpoint_io) is TorchCheckpointIO:
+        if type(built.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user configured
             built.strategy.checkpoint_io = WholeFileCheckpointIO()
         return built
 
     def _claim_version(self, folder: Path) -> int:
-        """The next free ``version_N``, made at once: ``mkdir`` makes a folder or fails, so two runs started
-        together never share one. Processes other than the first only name it."""
+        """The next free ``version_N``, made at once: ``mkdir`` makes a folder or fails, so two runs started together
+        never share one. Processes other than the first only name it (the checkpoints follow the first's folder)."""
         taken = [int(m[1]) for p in _listing(folder) if (m := re.fullmatch(r"version_(\d+)", p.name))]
         version = max(taken, default=-1) + 1
         if rank_zero_only.rank != 0 or int(os.environ.get("NODE_RANK", 0)) != 0:
             return version
         self.made = [p for p in (folder, *folder.parents) if not p.exists()]
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            while not _made(folder / f"version_{version}"):
+        while self.run_folder is None:
+            try:
+                (folder / f"version_{version}").mkdir(parents=True)
+                self.run_folder = folder / f"version_{version}"
+            except FileExistsError:
                 version += 1
-        except OSError as error:
-            fix = "run from a writable folder, or point --trainer.default_root_dir at one"
-            raise UserError(
-                f"The run's folder cannot be made in {folder} ({error.strerror}): {fix}."
-            ) from None
-        self.run_folder = folder / f"version_{version}"
+            except OSError as error:
+                fix = "run from a writable folder, or point --trainer.default_root_dir at one"
+                raise UserError(
+                    f"The run's folder cannot be made in {folder} ({error.strerror}): {fix}."
+                ) from None
         return version
 
     def remove_what_was_written(self) -> None:
@@ -213,33 +210,17 @@ class SystemCLI(LightningCLI):
     def after_fit(self) -> None:
         """1.x's ``trainer.test()`` loaded the best model; in 2.x that is its path, given. A stop asked for after the
         last batch let training finish: then the test is skipped and the stop reported."""
-        if (
-            signum := next(c for c in self.trainer.callbacks if isinstance(c, GracefulStop)).signum
-        ) is not None:
-            last = next(c for c in self.trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
-            raise Interrupted(signum, last.best_model_path or None)
+        stop, trainer = next(c for c in self.trainer.callbacks if isinstance(c, GracefulStop)), self.trainer
+        if stop.signum is not None:
+            last = next(c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
+            raise Interrupted(stop.signum, last.best_model_path or None)
         if self.config.fit.test_after_fit and type(self.model).test_step is not pl.LightningModule.test_step:
-            best = (
-                self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-            )
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
 def _listing(folder: Path) -> list[Path]:
     return list(folder.iterdir()) if folder.is_dir() else []
-
-
-def _made(folder: Path) -> bool:
-    try:
-        folder.mkdir()
-    except FileExistsError:
-        return False
-    return True
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal once tuples are compared as lists (a checkpoint keeps the hyper-parameters' tuples as lists)."""
-    return json.dumps(a, default=str) == json.dumps(b, default=str)
 
 
 class BestCheckpoint(ModelCheckpoint):

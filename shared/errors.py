@@ -57,14 +57,11 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, SystemExit) and not any(isinstance(e, KeyboardInterrupt) for e in chain):
         return None  # the parser's own exit (--help), not Lightning's after a Ctrl-C
     for e in chain:
+        if isinstance(e, Interrupted) and e.saved:
+            resume = f"resume with `fit --ckpt_path={e.saved}` and the same flags"
+            return 128 + e.signum, f"Stopped by {e}: the state is saved in {e.saved}; {resume}."
         if isinstance(e, Interrupted):
-            resume = (
-                f"the state is saved in {e.saved}; resume with `fit --ckpt_path={e.saved}` and the same flags"
-            )
-            return (
-                128 + e.signum,
-                f"Stopped by {e}: {resume if e.saved else 'nothing was trained, nothing saved'}.",
-            )
+            return 128 + e.signum, f"Stopped by {e}: nothing was trained, nothing saved."
         if isinstance(e, UserError | MisconfigurationException):
             return 2, f"error: {e}"
         if isinstance(e, argparse.ArgumentError):  # the parser's: an unknown key, a value of the wrong type
@@ -73,12 +70,11 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
         if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
             fix = "Free space or fix the folder's permissions; the checkpoints written are whole (last.ckpt too)"
             return 1, f"error: {e.strerror} ({e.filename or 'a file'}). {fix}."
-    signums = [
-        signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT
-        for e in chain
-        if isinstance(e, SIGTERMException | KeyboardInterrupt)
-    ]  # stopped where nothing could be saved
-    return (128 + signums[0], f"Stopped by {NAMES[signums[0]]}; nothing was saved.") if signums else None
+    for e in chain:  # stopped where nothing could be saved
+        if isinstance(e, SIGTERMException | KeyboardInterrupt):
+            signum = signal.SIGTERM if isinstance(e, SIGTERMException) else signal.SIGINT
+            return 128 + signum, f"Stopped by {NAMES[signum]}; nothing was saved."
+    return None
 
 
 @contextmanager

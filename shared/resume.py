@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class EpochShuffle(RandomSampler):
     """A shuffle that depends only on ``seed + epoch``, as ``DistributedSampler``'s (which DDP puts in its place);
     a plain one draws from the global random state, and a resumed run would see other batches."""
 
-    def __init__(self, data_source: Sized, seed: int) -> None:
+    def __init__(self, data_source: Any, seed: int) -> None:
         super().__init__(data_source)
         self.seed, self.epoch = seed, 0
 
@@ -57,14 +57,12 @@ class EpochShuffle(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(
-            len(self.data_source), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
-        return iter(order.tolist())
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
 
 class InOrder(SequentialSampler):
-    """Indices in order, knowing the epoch: ``ResumableLoader`` tells epochs apart by it."""
+    """Indices in order, knowing the epoch, by which ``ResumableLoader`` tells epochs apart."""
 
     epoch = 0
 
@@ -74,9 +72,9 @@ class InOrder(SequentialSampler):
 
 class ResumableLoader(DataLoader):
     """A training loader that a checkpoint written mid-epoch resumes exactly. Lightning saves its ``state_dict()``
-    (the epoch, the batches served in it) and hands it back on resume; the same epoch then skips those batches,
-    where a plain loader starts it over. ``stop`` (set by ``GracefulStop``) stops it before its next batch: there
-    every batch before is done and counted, and the next not begun."""
+    (the epoch, the batches served in it) and hands it back on resume; that epoch then skips those batches, where a
+    plain loader starts it over. ``stop`` (set by ``GracefulStop``) stops it before its next batch: there every
+    batch before is done and counted, and the next not begun."""
 
     stop: int | None = None  # a signal number
     _epoch, _served, _resume = None, 0, None
@@ -109,7 +107,7 @@ def resumable_loader(
     ``iter()`` draws its workers' seed from the global random state)."""
     sampler, generator = EpochShuffle(dataset, seed) if shuffle else InOrder(dataset), torch.Generator()
     return ResumableLoader(
-        dataset, batch_size=batch_size, sampler=sampler, generator=generator.manual_seed(seed), **kwargs
+        dataset, batch_size, sampler=sampler, generator=generator.manual_seed(seed), **kwargs
     )
 
 
@@ -134,9 +132,7 @@ class ResumeSettings(Callback):
         if trainer.ckpt_path is None:
             return
         for optimizer, groups in zip(trainer.optimizers, self.groups, strict=True):
-            for group, settings in zip(
-                optimizer.param_groups, groups, strict=False
-            ):  # later groups: their own
+            for group, settings in zip(optimizer.param_groups, groups, strict=False):  # later groups: theirs
                 group.update({**settings, "params": group["params"]})
         for config, settings in zip(trainer.lr_scheduler_configs, self.schedules, strict=True):
             if isinstance(scheduler := config.scheduler, LRScheduler):
@@ -166,10 +162,8 @@ class GracefulStop(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.signum = ResumableLoader.stop = None
-        if (
-            isinstance(trainer.train_dataloader, ResumableLoader)
-            and threading.current_thread() is threading.main_thread()
-        ):
+        main = threading.current_thread() is threading.main_thread()
+        if isinstance(trainer.train_dataloader, ResumableLoader) and main:
             self._previous = {s: signal.signal(s, self._request) for s in NAMES}
 
     def _request(self, signum: int, frame: Any) -> None:
@@ -210,11 +204,12 @@ class GracefulStop(Checkpoint):
     def _save(self, trainer: pl.Trainer) -> str:
         last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
         path = Path(last.dirpath if last else trainer.default_root_dir) / self.filename
+        partial = path.with_name(f".{path.name}.partial")
         if self._done or not (last and last.best_model_path):
             trainer.save_checkpoint(path)
         elif trainer.is_global_zero:  # between epochs: the last.ckpt just written is this state
-            shutil.copyfile(last.best_model_path, path.with_name(f".{path.name}.partial"))
-            path.with_name(f".{path.name}.partial").replace(path)
+            shutil.copyfile(last.best_model_path, partial)
+            partial.replace(path)
         return str(path)
 
     def on_train_end(self, *args: Any) -> None:
