@@ -30,13 +30,19 @@ class WholeFileCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
             raise OSError(error.errno, error.strerror, str(path)) from None
 
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Every checkpoint Lightning loads (a resume's, the best one for a test) through the safe loader."""
+        return read_checkpoint(path)
+
 
 def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, or one sentence that says what the file is. Torch's advice
     to load a refused file without ``weights_only`` (which would run its code) is never passed on."""
     require(Path(path).is_file(), f"There is no {what} at {path}: pass the path of an existing file.")
+    others = ", ".join(sorted(p.name for p in Path(path).parent.glob("*.ckpt") if p.name != Path(path).name))
+    instead = f"its folder holds: {others or 'none'}" if Path(path).name == "last.ckpt" else "e.g. last.ckpt"
     corrupt = UserError(
-        f"{path} cannot be read as a {what}: it is truncated or corrupt. Use another file, e.g. last.ckpt."
+        f"{path} cannot be read as a {what}: it is truncated or corrupt. Use another file ({instead})."
     )
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as file:  # begins as torch.save's zip archive, but its end is missing?

@@ -30,7 +30,8 @@ def fetch_or_explain(
     """Run ``fetch`` (a download into ``folder``) with every connection bounded by ``timeout`` seconds.
 
     When downloading is not ``allowed`` or fails, raise ``missing(reason)``, one sentence that names the
-    fix, and remove the folders the attempt made (a failed download leaves no empty ``data/MNIST/raw``).
+    fix, and remove the folders the attempt made (a failed download leaves no empty ``data/MNIST/raw``). The
+    library's whole account of the failure is the exception's cause: ``SYSTEMS_TRACEBACK=1`` shows it.
     """
     if not allowed:
         raise missing("download is off (data.download=false)")
@@ -42,4 +43,7 @@ def fetch_or_explain(
         for path in made:  # deepest first
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-        raise missing(f"it could not be downloaded (no network? {error})") from None
+        last = str(error).strip().splitlines()[-1:] or [
+            type(error).__name__
+        ]  # the cause, not the library's story
+        raise missing(f"it could not be downloaded (no network? {last[0].strip('<>')})") from error

@@ -7,16 +7,19 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import torch.distributed as dist
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+# the signals that stop training at a batch boundary and save its state (SIGUSR1: SLURM's warning before a time limit)
+NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM", signal.SIGUSR1: "SIGUSR1"}
 WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
@@ -40,11 +43,12 @@ def epochs_to_train(trainer: Any) -> int:
 
 
 class Interrupted(Exception):
-    """Ctrl-C or SIGTERM stopped training at a batch boundary; ``saved`` is the checkpoint to resume from."""
+    """A signal of ``NAMES`` stopped training at a batch boundary; ``saved`` is the checkpoint to resume from,
+    ``then`` what happens next where not the user's resume (a requeued SLURM job's)."""
 
     def __init__(self, signum: int, saved: str | None = None) -> None:
         super().__init__(NAMES.get(signum, f"signal {signum}"))
-        self.signum, self.saved = signum, saved
+        self.signum, self.saved, self.then = signum, saved, None
 
 
 def outcome(error: BaseException) -> tuple[int, str] | None:
@@ -58,7 +62,7 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
         return None  # the parser's own exit (--help), not Lightning's after a Ctrl-C
     for e in chain:
         if isinstance(e, Interrupted) and e.saved:
-            resume = f"resume with `fit --ckpt_path={e.saved}` and the same flags"
+            resume = e.then or f"resume with `fit --ckpt_path={e.saved}` and the same flags"
             return 128 + e.signum, f"Stopped by {e}: the state is saved in {e.saved}; {resume}."
         if isinstance(e, Interrupted):
             return 128 + e.signum, f"Stopped by {e}: nothing was trained, nothing saved."
@@ -66,6 +70,10 @@ def outcome(error: BaseException) -> tuple[int, str] | None:
             return 2, f"error: {e}"
         if isinstance(e, argparse.ArgumentError):  # the parser's: an unknown key, a value of the wrong type
             return 2, f"error: {e.message}\n(--help lists every option with its type)"
+    for e in chain:  # a collective whose other side is gone: gloo's words, or NCCL's error
+        if isinstance(e, dist.DistBackendError) or re.search("Connection (closed|reset) by peer", str(e)):
+            resume = "resume with `fit --ckpt_path=last` and the same flags"
+            return 1, f"error: another process of this run was lost (killed, or its machine): {resume}."
     for e in reversed(chain):  # the first failure, not those that followed it in clean-up
         if isinstance(e, OSError) and e.errno in WRITE_FAILURES:
             fix = "Free space or fix the folder's permissions; the checkpoints written are whole (last.ckpt too)"

@@ -82,9 +82,13 @@ def test_offline_download_fails_fast_with_one_sentence_and_leaves_no_folder(
     monkeypatch.setattr(MNIST, "mirrors", ["http://10.255.255.1/mnist/"])
     data = MNISTDataModule(data_dir=str(tmp_path / "data"), download_timeout=1.0)
     start = time.monotonic()
-    with pytest.raises(UserError, match=r"could not be downloaded \(no network\?"):
+    with pytest.raises(UserError, match=r"could not be downloaded \(no network\?") as refusal:
         data.prepare_data()
     assert time.monotonic() - start < 15
+    assert "\n" not in str(refusal.value) and "Tried" not in str(
+        refusal.value
+    )  # torchvision's story: its cause
+    assert "Tried http://10.255.255.1/mnist/" in str(refusal.value.__cause__)
     assert not (tmp_path / "data").exists()
 
 

@@ -50,6 +50,7 @@ def nothing_written() -> bool:
         (classifier, ["--trainer.gradient_clip_val=-1"], "--trainer.gradient_clip_val=-1 is negative"),
         (classifier, ["--seed_everything=-5"], "--seed_everything=-5 is outside 0 to 4294967295"),
         (classifier, ["--seed_everything=4294967296"], "--seed_everything=4294967296 is outside"),
+        (classifier, ["--ckpt_path="], "--ckpt_path is empty (an unset shell variable?)"),
     ],
 )
 def test_a_bad_value_is_one_sentence_with_nothing_written(

@@ -66,6 +66,18 @@ def test_a_truncated_checkpoint_is_refused_and_nothing_is_written(
     assert versions() == ["version_0"]
 
 
+def test_a_truncated_last_ckpt_is_refused_naming_the_other_checkpoints_of_its_folder(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = trained_run
+    last.write_bytes(last.read_bytes()[:5000])
+    (last.parent / "interrupted.ckpt").write_bytes(b"")
+    others = ", ".join(sorted(p.name for p in last.parent.glob("*.ckpt") if p != last))
+    err = refused(capsys, main, ["fit", *SHORT, f"--ckpt_path={last}"])
+    assert f"truncated or corrupt. Use another file (its folder holds: {others})." in err
+    assert "interrupted.ckpt" in others and "epoch=" in others
+
+
 def test_a_missing_checkpoint_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     assert "There is no checkpoint at nowhere.ckpt" in refused(
         capsys, main, ["validate", *QUIET, "--ckpt_path=nowhere.ckpt"]
