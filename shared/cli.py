@@ -3,14 +3,18 @@ the kit (``resume.py``, ``checkpoints.py``, ``errors.py``), whose pieces work wi
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import warnings
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,8 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from jsonargparse import set_loader
-from pytorch_lightning.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
@@ -31,13 +36,14 @@ from shared.resume import GracefulStop, LastCheckpoint, RandomState, ResumeSetti
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
+warnings.filterwarnings(
+    "ignore", message="LightningCLI's args parameter is intended"
+)  # args are sys.argv here
 # Lightning's advertisement for its cloud ("💡 Tip: ... litlogger") in every run: a run prints what its user needs
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))
-# ``lightning.pytorch.X``, as Lightning's docs spell class paths, is read as ``pytorch_lightning.X``, the same class
-# (the ``lightning`` package, where installed, has classes of its own): in flags and in config files
-DOCS_SPELLING = re.compile(
-    r"(?<![\w.])lightning\.pytorch\.(?=(\w+\.)*[A-Z])"
-)  # a class's path, not a module's
+# a class path as Lightning's docs spell it, ``lightning.pytorch.X``, read as ``pytorch_lightning.X``: the same class
+# (the ``lightning`` package, where installed, has classes of its own), in flags and in config files
+DOCS_SPELLING = re.compile(r"(?<![\w.])lightning\.pytorch\.(?=(\w+\.)*[A-Z])")
 
 
 def _docs_spelling(text: str) -> str:
@@ -64,14 +70,15 @@ class Trainer(pl.Trainer):
         val_check_interval: int | float | str | dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        every, clip, epochs = (
-            kwargs.get(k) for k in ("accumulate_grad_batches", "gradient_clip_val", "max_epochs")
-        )
+        every, clip = kwargs.get("accumulate_grad_batches"), kwargs.get("gradient_clip_val")
         never = f"--trainer.accumulate_grad_batches={every} would never step"
         require(every is None or every >= 1, f"{never}: set it to 1 or more.")
         flips = "which flips the gradients (training climbs the loss): set it above 0, or 0 for no clipping"
         require((clip or 0) >= 0, f"--trainer.gradient_clip_val={clip} is negative, {flips}.")
-        until = "set it to the epochs to train (or -1 to train until --trainer.max_steps)"
+        epochs, until = (
+            kwargs.get("max_epochs"),
+            "set it to the epochs to train (or -1 to train until max_steps)",
+        )
         require(
             epochs in (None, -1) or epochs >= 1, f"--trainer.max_epochs={epochs} trains nothing: {until}."
         )
@@ -89,14 +96,16 @@ class Trainer(pl.Trainer):
 
 class SystemCLI(LightningCLI):
     """No subcommand means ``fit``; the ``config.yaml`` beside the model's module is every subcommand's defaults;
-    TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N``; the kit's callbacks are on;
-    ``links`` (data attribute -> model argument) are linked; ``--ckpt_path`` is read and checked before anything
-    runs; a mistake is one sentence, status 2, with nothing left behind."""
+    TensorBoard, CSV and the checkpoints share one ``lightning_logs/<name>/version_N``, which a resume continues;
+    the kit's callbacks are on; ``links`` (data attribute -> model argument) are linked; ``--ckpt_path`` is read and
+    checked before anything runs; a mistake is one sentence, status 2, with nothing left behind; on SLURM,
+    pre-emption saves into the run folder and a requeued job resumes its own run."""
 
     def __init__(
         self, model: type, name: str, links: dict, args: Any = None, run: bool = True, config: str = ""
     ) -> None:
         self.name, self.links, self.checkpoint, self.run_folder, self.made = name, links, None, None, []
+        self.continued: tuple[Path, set[Path], bytes | None] | None = None  # a resume's run folder, as it was
         args = [_docs_spelling(arg) for arg in (sys.argv[1:] if args is None else args)]
         if run and not set(args) & {*SUBCOMMANDS, "-h", "--help"}:
             args = ["fit", *args]
@@ -105,17 +114,26 @@ class SystemCLI(LightningCLI):
         config_file = Path(inspect.getfile(model)).with_name(config or "config.yaml")
         defaults = {**settings, "default_config_files": [config_file]}
         callbacks = [RandomState(), LastCheckpoint(), ResumeSettings(), GracefulStop(), PredictionWriter()]
+        callbacks.append(MetricsOnDisk())
         options = {"subclass_mode_data": True, "trainer_class": Trainer, "seed_everything_default": 42}
         options |= {"trainer_defaults": {"callbacks": callbacks}, "save_config_kwargs": {"overwrite": False}}
         options["parser_kwargs"] = {**settings, **dict.fromkeys(SUBCOMMANDS, defaults)} if run else defaults
-        with reported(self.remove_what_was_written):  # the systems configure their own optimizers
-            super().__init__(
-                model, pl.LightningDataModule, auto_configure_optimizers=False, args=args, run=run, **options
-            )
+        options |= {"auto_configure_optimizers": False}  # the systems configure their own
+        with reported(self.remove_what_was_written):
+            try:
+                super().__init__(model, pl.LightningDataModule, args=args, run=run, **options)
+            except (
+                Interrupted
+            ) as stop:  # SLURM's warning before the time limit: the job starts again, resumes
+                if stop.signum == signal.SIGUSR1 and stop.saved and SLURMEnvironment.detect():
+                    stop.then = _requeue(stop.saved) if rank_zero_only.rank == 0 else None
+                raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(BestCheckpoint, "checkpoint")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="fit: test the best checkpoint")
+        new = "fit --ckpt_path: write into a new run folder, not the checkpoint's"
+        parser.add_argument("--new_run_folder", type=bool, default=False, help=new)
         for fact, argument in self.links.items():
             parser.link_arguments(f"data.{fact}", f"model.{argument}", apply_on="instantiate")
 
@@ -123,29 +141,44 @@ class SystemCLI(LightningCLI):
         super().parse_arguments(
             parser, args
         )  # then the seed and --ckpt_path, checked before anything is built
-        config = self.config.get(self.config.get("subcommand") or "", {})
-        seed, path = config.get("seed_everything"), config.get("ckpt_path")
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand or "", {})
+        seed, path, root = (
+            config.get("seed_everything"),
+            config.get("ckpt_path"),
+            config.trainer.default_root_dir,
+        )
         numpy = f"is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there"
         require(
             seed is None or isinstance(seed, bool) or 0 <= seed < 2**32, f"--seed_everything={seed} {numpy}."
         )
+        require(
+            path != "", "--ckpt_path is empty (an unset shell variable?): pass a checkpoint file, or no flag."
+        )
+        runs = Path(root or ".") / "lightning_logs" / self.name
         if path == "last":
-            runs = Path(config.trainer.default_root_dir or ".") / "lightning_logs" / self.name
-            found = [
-                p for p in runs.glob("version_*/checkpoints/*.ckpt") if p.stem in ("last", "interrupted")
-            ]
+            config.ckpt_path = path = _newest(runs.glob("version_*"))
             require(
-                bool(found),
-                f"--ckpt_path=last found no checkpoint under {runs}: train first, or pass a file.",
+                path is not None,
+                f"--ckpt_path=last found no checkpoint under {runs}: train first, or pass one.",
             )
-            config.ckpt_path = path = str(max(found, key=lambda p: p.stat().st_mtime))
+        if path is None and SLURMEnvironment.detect():
+            stale = ", ".join(str(p) for p in Path(root or ".").glob("hpc_ckpt_*.ckpt"))
+            plugin = (
+                f"Lightning's SLURM plug-in would resume {stale} by itself, a file this run did not write"
+            )
+            require(not stale, f"{plugin}: move it away, or pass it with --ckpt_path to resume from it.")
+            if subcommand == "fit" and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:  # a requeued job
+                config.ckpt_path = path = _newest(
+                    p.parent for p in runs.glob("version_*/slurm_job") if _ours(p)
+                )
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
     def _parse_ckpt_path(self) -> None:
-        """The one private name of Lightning this project uses (``tests/test_private.py``): LightningCLI 2.5.5+ puts
-        a checkpoint's hyper-parameters over the configuration here, dropping the flags given with ``--ckpt_path``.
-        Here the configuration builds the model, as ``Trainer.fit(model, ckpt_path=...)`` does in Python."""
+        """The one private method of Lightning this project overrides (``tests/test_private.py``): LightningCLI 2.5.5+
+        puts a checkpoint's hyper-parameters over the configuration here, dropping the flags given with
+        ``--ckpt_path``. Here the configuration builds the model, as ``Trainer.fit(model, ckpt_path=...)`` does."""
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         if self.checkpoint is not None:  # what differs from it is said; weights that do not fit are refused
@@ -166,17 +199,50 @@ class SystemCLI(LightningCLI):
                 raise UserError(f"{message}: they were trained with {trained}; pass {fix}.")
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
         if trainer.get("logger") in (None, True) and not trainer.get("fast_dev_run"):
-            root = Path(trainer.get("default_root_dir") or ".") / "lightning_logs"
-            version = self._claim_version(
-                root / self.name
-            )  # sharing one folder is the point: CSVLogger warns
-            tensorboard = TensorBoardLogger(root, self.name, version, default_hp_metric=False)
-            kwargs["logger"] = [tensorboard, CSVLogger(root, self.name, version)]
-            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            kwargs["logger"] = self._loggers(Path(trainer.get("default_root_dir") or ".") / "lightning_logs")
+        if SLURMEnvironment.detect():  # pre-emption is GracefulStop's, into the run folder: not the plug-in's
+            plugins = trainer.get("plugins") or []
+            plugins = plugins if isinstance(plugins, list) else [plugins]
+            if not any(isinstance(p, ClusterEnvironment) for p in plugins):
+                kwargs["plugins"] = [*plugins, SLURMEnvironment(auto_requeue=False)]
         built = super().instantiate_trainer(**kwargs)
         if type(built.strategy.checkpoint_io) is TorchCheckpointIO:  # not one the user configured
             built.strategy.checkpoint_io = WholeFileCheckpointIO()
         return built
+
+    def _loggers(self, root: Path) -> list[pl.loggers.Logger]:
+        """TensorBoard and CSV in one ``version_N`` folder (CSVLogger warns of sharing it: sharing is the point):
+        a new one, or the one of the checkpoint ``fit`` resumes, whose metrics go on from where it was written."""
+        path = Path(self.config.fit.ckpt_path) if self.subcommand == "fit" and self.checkpoint else None
+        folder = path.resolve().parent.parent if path and path.parent.name == "checkpoints" else None
+        step = None
+        if folder is None or folder.parent != (root / self.name).resolve() or self.config.fit.new_run_folder:
+            folder = root / self.name / f"version_{self._claim_version(root / self.name)}"
+        else:  # metrics.csv keeps the rows logged before the checkpoint; TensorBoard hides those after
+            metrics = folder / "metrics.csv"
+            self.continued = (
+                folder,
+                set(folder.rglob("*")),
+                metrics.read_bytes() if metrics.is_file() else None,
+            )
+            self.save_config_kwargs["config_filename"] = (
+                f"config-resumed-at-step-{self.checkpoint['global_step']}.yaml"
+            )
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        rows = kept_rows(self.checkpoint, self.continued[2]) if self.continued else []
+        step = max((int(row["step"]) for row in rows), default=-1) + 1 if self.continued else None
+        options = {"save_dir": root, "name": self.name, "version": int(folder.name.removeprefix("version_"))}
+        logs = [TensorBoardLogger(**options, default_hp_metric=False, purge_step=step), CSVLogger(**options)]
+        if rows and rank_zero_only.rank == 0:  # the CSV writer has deleted the file: the rows go back at once
+            for row in rows:
+                logs[1].experiment.log_metrics(
+                    {k: v for k, v in row.items() if v and k != "step"}, int(row["step"])
+                )
+            logs[1].save()
+        if SLURMEnvironment.detect() and rank_zero_only.rank == 0:  # what a requeued job resumes from
+            (folder / "slurm_job").write_text(_slurm_job())
+        return logs
 
     def _claim_version(self, folder: Path) -> int:
         """The next free ``version_N``, made at once: ``mkdir`` makes a folder or fails, so two runs started together
@@ -200,12 +266,20 @@ class SystemCLI(LightningCLI):
         return version
 
     def remove_what_was_written(self) -> None:
-        """After a mistake: the claimed run folder (unless it holds a checkpoint) and the folders made for it."""
+        """After a mistake: the claimed run folder (unless it holds a checkpoint) and the folders made for it; in the
+        folder a resume continues, what it added, and its ``metrics.csv`` as it was."""
         if self.run_folder is not None and not any(self.run_folder.rglob("*.ckpt")):
             shutil.rmtree(self.run_folder, ignore_errors=True)
         for folder in self.made:  # deepest first
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+        if self.continued is not None:
+            folder, before, metrics = self.continued
+            for path in set(folder.rglob("*")) - before:
+                if path.is_file():
+                    path.unlink()
+            if metrics is not None:
+                (folder / "metrics.csv").write_bytes(metrics)
 
     def after_fit(self) -> None:
         """1.x's ``trainer.test()`` loaded the best model; in 2.x that is its path, given. A stop asked for after the
@@ -221,6 +295,72 @@ class SystemCLI(LightningCLI):
 
 def _listing(folder: Path) -> list[Path]:
     return list(folder.iterdir()) if folder.is_dir() else []
+
+
+def _newest(folders: Iterable[Path]) -> str | None:
+    """The newest ``last.ckpt`` or ``interrupted.ckpt`` of the run folders."""
+    found = [
+        p for f in folders for p in (f / "checkpoints").glob("*.ckpt") if p.stem in ("last", "interrupted")
+    ]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+
+
+def kept_rows(checkpoint: dict[str, Any], metrics: bytes | None) -> list[dict[str, str]]:
+    """The rows of a run's ``metrics.csv`` that a run resumed from ``checkpoint`` keeps: those on disk when it was
+    written (``MetricsOnDisk``) and the epoch's own logged after it, before the step the resumed run logs at next.
+    That step is in Lightning's checkpoint under a private name (``tests/test_private.py``)."""
+    step = checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
+    rows, written = (
+        list(csv.DictReader((metrics or b"").decode().splitlines())),
+        checkpoint.get("metrics_rows", 0),
+    )
+    return [row for i, row in enumerate(rows) if i < written or int(row["step"]) < step]
+
+
+def _slurm_job() -> str:
+    """This SLURM job's id as ``scontrol`` takes it (``<array job>_<task>`` in a job array)."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ["SLURM_JOB_ID"]
+
+
+def _ours(marker: Path) -> bool:
+    """Whether a run folder's ``slurm_job`` names this job: a requeued job resumes its own run, no other."""
+    return marker.read_text() == _slurm_job()
+
+
+def _requeue(saved: str) -> str:
+    """``scontrol requeue`` this job, so that SLURM starts it again with the same id; what happens next, in words."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "requeue", _slurm_job()], capture_output=True, text=True, timeout=60
+        )
+        failure = (done.stderr or done.stdout).strip() if done.returncode else ""
+    except (OSError, subprocess.SubprocessError) as error:
+        failure = str(error)
+    if failure:
+        return f"SLURM job {_slurm_job()} could not be requeued ({failure}): resume with `fit --ckpt_path={saved}`"
+    return f"SLURM job {_slurm_job()} is requeued and resumes from it by itself"
+
+
+class MetricsOnDisk(Callback):
+    """The loggers' files flushed as each checkpoint is written and each epoch starts, so that a run killed later
+    keeps what was logged before (CSV flushes every 100 steps otherwise); each checkpoint says how many rows of
+    ``metrics.csv`` that is, for the resume that continues the run's folder."""
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
+        self.on_train_epoch_start(trainer, pl_module)
+        files = [
+            Path(logger.log_dir) / "metrics.csv"
+            for logger in trainer.loggers
+            if isinstance(logger, CSVLogger)
+        ]
+        checkpoint["metrics_rows"] = sum(len(f.read_text().splitlines()) - 1 for f in files if f.is_file())
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.save()
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -23,7 +23,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from shared.errors import NAMES, Interrupted
+from shared.errors import NAMES, Interrupted, UserError
 
 
 class RandomState(Callback):
@@ -70,17 +70,29 @@ class InOrder(SequentialSampler):
         self.epoch = epoch
 
 
+# what must not change for a resume to skip the batches already served: each as the refusal names it
+SAME = [("batch_size", "batch_size={} (this run: {})"), ("samples", "{} training samples (this run: {})")]
+SAME += [("seed", "seed={} (this run: {})"), ("shuffle", "shuffle={} (this run: {})")]
+
+
 class ResumableLoader(DataLoader):
     """A training loader that a checkpoint written mid-epoch resumes exactly. Lightning saves its ``state_dict()``
-    (the epoch, the batches served in it) and hands it back on resume; that epoch then skips those batches, where a
-    plain loader starts it over. ``stop`` (set by ``GracefulStop``) stops it before its next batch: there every
-    batch before is done and counted, and the next not begun."""
+    (the epoch, the batches served in it, what orders them) and hands it back on resume; that epoch then skips those
+    batches, where a plain loader starts it over, or refuses to go on when the batches would hold other samples (a
+    new batch size, seed, shuffle, data set or split). ``stop`` (set by ``GracefulStop``) stops it before its next
+    batch: there every batch before is done and counted, and the next not begun."""
 
     stop: int | None = None  # a signal number
     _epoch, _served, _resume = None, 0, None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "batches": self._served}
+        return {"epoch": self._epoch, "batches": self._served, **self._order()}
+
+    def _order(self) -> dict[str, Any]:
+        """What decides the samples of each batch (``DistributedSampler`` too has a seed and a shuffle)."""
+        shuffle = isinstance(self.sampler, RandomSampler) or getattr(self.sampler, "shuffle", False)
+        seed = getattr(self.sampler, "seed", None) if shuffle else None  # in order: no seed to keep
+        return {"batch_size": self.batch_size, "samples": len(self.dataset), "seed": seed, "shuffle": shuffle}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume = dict(state_dict)
@@ -93,6 +105,13 @@ class ResumableLoader(DataLoader):
         self._epoch, resume, self._resume = getattr(self.sampler, "epoch", None), self._resume, None
         same = resume is not None and self._epoch is not None and resume["epoch"] == self._epoch
         self._served = resume["batches"] if same else 0
+        order = self._order()  # (an old checkpoint has none of these: nothing to compare)
+        before = {k: v for k, v in (resume or {}).items() if k in order and None not in (v, order[k])}
+        changed = [f.format(before[k], order[k]) for k, f in SAME if before.get(k, order[k]) != order[k]]
+        if changed and self._served:
+            at = f"The checkpoint stopped {self._served} batches into epoch {self._epoch} with {', '.join(changed)}"
+            fix = "its data set, split, batch_size, seed and shuffle, or from a checkpoint written at an epoch's end"
+            raise UserError(f"{at}: resume with {fix}.")
         for batch in itertools.islice(batches, self._served, None):
             if ResumableLoader.stop is not None:
                 raise Interrupted(ResumableLoader.stop)
@@ -206,7 +225,7 @@ class GracefulStop(Checkpoint):
         path = Path(last.dirpath if last else trainer.default_root_dir) / self.filename
         partial = path.with_name(f".{path.name}.partial")
         if self._done or not (last and last.best_model_path):
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # (unsaid, Lightning says it defaults)
         elif trainer.is_global_zero:  # between epochs: the last.ckpt just written is this state
             shutil.copyfile(last.best_model_path, partial)
             partial.replace(path)

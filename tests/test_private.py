@@ -1,9 +1,11 @@
-"""Private parts of Lightning and torch: every use named in one place, each with a test that fails when it changes.
+"""Private parts of Lightning and torch: every use named in one place, ``shared/cli.py``, each with a test that fails
+when it changes.
 
-The one use: ``SystemCLI._parse_ckpt_path`` overrides LightningCLI's (2.5.5+), which puts a checkpoint's
-hyper-parameters over the flags given with ``--ckpt_path``. ``tests/shared/test_resume_settings.py`` holds its
-effect (a ``--model.lr`` given with ``--ckpt_path`` takes effect); this file holds that it still overrides
-something, and that no other private name is used anywhere in the project's code.
+The uses: ``SystemCLI._parse_ckpt_path`` overrides LightningCLI's (2.5.5+), which puts a checkpoint's
+hyper-parameters over the flags given with ``--ckpt_path``; ``tests/shared/test_resume_settings.py`` holds its effect
+(a ``--model.lr`` given with ``--ckpt_path`` takes effect), this file that it still overrides something. And
+``kept_rows`` reads the step a resumed run logs at from the checkpoint's ``_batches_that_stepped``, which this file
+holds is where Lightning writes it. No other private name is used anywhere in the project's code.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ast
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from packaging.version import Version
 from pytorch_lightning.cli import LightningCLI
 
@@ -83,3 +86,17 @@ def test_the_scan_finds_each_kind_of_private_use(tmp_path: Path) -> None:
         "torch.optim.Adam._cuda_graph_capture_health_check",
         *(("def _parse_ckpt_path",) if hasattr(LightningCLI, "_parse_ckpt_path") else ()),
     }
+
+
+def test_a_checkpoint_holds_the_logging_step_where_kept_rows_reads_it(tmp_path: Path) -> None:
+    """Two batches in: the step the next metrics are logged at is 2, under the loops' private key."""
+    from datamodules import DigitsDataModule
+    from shared.cli import kept_rows
+    from systems.classifier import Classifier
+
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, logger=False, enable_checkpointing=False)
+    trainer.fit(Classifier(), datamodule=DigitsDataModule())
+    trainer.save_checkpoint(tmp_path / "two.ckpt")
+    checkpoint = torch.load(tmp_path / "two.ckpt", weights_only=True)
+    rows = b"epoch,step,x\r\n0,0,a\r\n0,1,b\r\n0,2,c\r\n"
+    assert [row["x"] for row in kept_rows(checkpoint, rows)] == ["a", "b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from systems.classifier.train import main
-from tests.helpers import QUIET, ROOT, assert_same_weights, logged_steps, send_signal
+from tests.helpers import QUIET, ROOT, assert_same_weights, logged_steps, refused, send_signal
 
 RUN = [
     "fit",
@@ -58,9 +60,9 @@ def test_ctrl_c_anywhere_in_fit_saves_a_state_that_resumes_bit_identically(
     resumed = main([*RUN, *flags, f"--ckpt_path={checkpoint}"])
     assert resumed.trainer.global_step == straight.trainer.global_step == 10
     assert_same_weights(resumed.model, straight.model)
-    # the resumed run logs its remaining validations at the steps the uninterrupted one did
-    remaining = logged_steps(resumed.trainer.log_dir)
-    assert remaining == logged_steps(straight.trainer.log_dir)[-len(remaining) :]
+    # the resumed run goes on in the stopped one's folder, its validations at the steps of the uninterrupted one
+    assert Path(resumed.trainer.log_dir) == checkpoint.parent.parent
+    assert logged_steps(resumed.trainer.log_dir) == logged_steps(straight.trainer.log_dir)
 
 
 def test_a_stop_after_the_last_batch_lets_fit_finish_but_exits_130(
@@ -194,3 +196,124 @@ def test_the_resume_pieces_work_in_a_plain_trainer(tmp_path: Path) -> None:
         fit("stopped", SendSignal("after_backward", 1, 2))
     assert stop.value.saved and Path(stop.value.saved).is_file()
     assert_same_weights(fit("resumed", ckpt_path=stop.value.saved), straight)
+
+
+def rows(folder: str | Path) -> list[dict[str, str]]:
+    with open(Path(folder) / "metrics.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def scalars(folder: str | Path, tag: str) -> list[tuple[int, float]]:
+    """What TensorBoard shows of a scalar: its events of every file in the folder, later runs' purges applied."""
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def test_a_resume_continues_its_run_folder_with_the_metrics_of_a_run_that_never_stopped() -> None:
+    """Resumed from version_1's interrupted.ckpt, the run goes on in version_1: metrics.csv holds each row of the run
+    that never stopped once, at its step; so do TensorBoard's scalars. config.yaml stays the first part's."""
+    every_step = [*RUN, "--trainer.log_every_n_steps=1"]
+    straight = main(every_step)
+    _, checkpoint = interrupted("--trainer.log_every_n_steps=1", send_signal("train_batch_end", 1, 1))
+    resumed = main([*every_step, f"--ckpt_path={checkpoint}", "--model.lr=0.001"])
+    folder = Path(resumed.trainer.log_dir)
+    assert folder == FOLDER / "version_1" and sorted(p.name for p in FOLDER.iterdir()) == [
+        "version_0",
+        "version_1",
+    ]
+    assert "lr: 0.001" in (folder / "config-resumed-at-step-7.yaml").read_text()
+    assert "lr: 0.003" in (folder / "config.yaml").read_text()
+    expected, got = rows(straight.trainer.log_dir), rows(folder)
+    assert [(r["epoch"], r["step"], sorted(k for k, v in r.items() if v)) for r in got] == [
+        (r["epoch"], r["step"], sorted(k for k, v in r.items() if v)) for r in expected
+    ]
+    # the rows before the stop are the first part's; after it, the resumed part's, trained at another lr
+    assert [r for r in got if int(r["step"]) < 7] == [r for r in expected if int(r["step"]) < 7]
+    loss = {int(r["step"]): r["train/loss_step"] for r in got if r["train/loss_step"]}
+    assert loss[8] != {int(r["step"]): r["train/loss_step"] for r in expected if r["train/loss_step"]}[8]
+    loss = scalars(folder, "train/loss_step")
+    assert [step for step, _ in loss] == [
+        step for step, _ in scalars(straight.trainer.log_dir, "train/loss_step")
+    ]
+
+
+def test_a_resume_writes_into_a_new_run_folder_when_asked() -> None:
+    _, checkpoint = interrupted(send_signal("train_batch_end", 1, 1))
+    resumed = main([*RUN, f"--ckpt_path={checkpoint}", "--new_run_folder=true"])
+    assert Path(resumed.trainer.log_dir) == FOLDER / "version_1" != checkpoint.parent.parent
+    assert not list(checkpoint.parent.parent.glob("config-resumed-*"))
+
+
+@pytest.mark.parametrize(
+    ("flag", "named"),
+    [
+        ("--data.batch_size=16", "batch_size=64 (this run: 16)"),
+        ("--data.seed=7", "seed=42 (this run: 7)"),
+        ("--data.shuffle=false", "shuffle=True (this run: False)"),
+        ("--data.val_fraction=0.3", "1293 training samples (this run: 906)"),
+    ],
+)
+def test_a_mid_epoch_resume_with_other_batches_is_refused_and_leaves_the_run_folder_as_it_was(
+    flag: str, named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loader would skip the batches served, but they would hold other samples: some trained twice, some never."""
+    _, checkpoint = interrupted(send_signal("train_batch_end", 1, 1))
+    folder = checkpoint.parent.parent
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    err = refused(capsys, main, [*RUN, f"--ckpt_path={checkpoint}", flag])
+    assert f"The checkpoint stopped 2 batches into epoch 1 with {named}: resume with its data set" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_an_epoch_end_checkpoint_resumes_with_another_batch_size() -> None:
+    """Nothing of the next epoch was served: a new batch size (and seed, shuffle, split) takes effect."""
+    main(RUN)
+    last = FOLDER / "version_0/checkpoints/last.ckpt"
+    resumed = main([*RUN, "--trainer.max_epochs=3", f"--ckpt_path={last}", "--data.batch_size=16"])
+    assert resumed.trainer.global_step == 15 and resumed.datamodule.batch_size == 16
+
+
+@pytest.mark.slow
+def test_a_lost_ddp_process_stops_the_other_in_seconds_with_one_sentence(tmp_path: Path) -> None:
+    """kill -9 one of two DDP processes mid-run: the other does not wait for the collective's 30-minute timeout but
+    exits non-zero with one sentence, and last.ckpt resumes."""
+    ddp = [
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--test_after_fit=false",
+    ]
+    command = [sys.executable, "-m", "systems.classifier.train", "fit", *QUIET, *ddp]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [*command, "--trainer.max_epochs=200"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    children = subprocess.run(
+        ["pgrep", "-P", str(process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert children, "rank 1 was not found"
+    os.kill(int(children[0]), signal.SIGKILL)
+    killed = time.monotonic()
+    err = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == 1 and time.monotonic() - killed < 60
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "error: another process of this run was lost (killed, or its machine): resume with "
+        "`fit --ckpt_path=last` and the same flags."
+    )
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    resumed = subprocess.run(
+        [*command, f"--trainer.max_epochs={epoch + 2}", "--ckpt_path=last"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["epoch"] == epoch + 1
