@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import report
 from benchmarks.runner import (
+    cannot_run,
     common_arguments,
     environment,
     make_loader,
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({**row, "status": "skipped", "note": "needs a CUDA GPU"})
             elif precision.channels_last and not workload.convolutional:
                 rows.append({**row, "status": "skipped", "note": "no convolutions"})
+            elif note := cannot_run(name, precision.name, device):
+                rows.append({**row, "status": "skipped", "note": note})
             else:
                 rows.append({**row, "status": "ok", "run_step_s": [], "peak_memory_mib": None})
                 timed.append((precision, rows[-1]))

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from benchmarks import report
 from benchmarks.runner import (
+    cannot_run,
     common_arguments,
     environment,
     make_loader,
@@ -40,9 +41,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.workloads:
         workload = WORKLOADS[name]
         for precision in (PRECISIONS[p] for p in args.precisions):
-            if precision.gpu_only and device.type != "cuda":
+            note = "needs CUDA" if precision.gpu_only and device.type != "cuda" else None
+            if note := note or cannot_run(name, precision.name, device):
                 rows.append(
-                    {"workload": name, "precision": precision.name, "status": "skipped", "note": "needs CUDA"}
+                    {"workload": name, "precision": precision.name, "status": "skipped", "note": note}
                 )
                 continue
             plain, lightning = [], []

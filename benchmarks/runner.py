@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import platform
 import re
 import tempfile
@@ -33,6 +34,24 @@ def pick_device(accelerator: str) -> torch.device:
             )
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+@functools.cache
+def bf16_lstm_runs_on_this_cpu() -> bool:
+    """oneDNN runs a bf16 LSTM only on CPUs with AVX-512: an AVX2-only one refuses the primitive."""
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.nn.LSTM(2, 2)(torch.randn(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
+def cannot_run(workload: str, precision: str, device: torch.device) -> str | None:
+    """Why ``workload`` cannot run at ``precision`` on ``device`` (a row then says so), or None."""
+    if precision.startswith("bf16") and workload == "seq2seq" and device.type == "cpu":
+        return None if bf16_lstm_runs_on_this_cpu() else "this CPU has no bf16 LSTM (oneDNN needs AVX-512)"
+    return None
 
 
 def device_name(device: torch.device) -> str:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
-import torch
 from packaging.version import Version
 
 from benchmarks import amp, parity
+from benchmarks.runner import bf16_lstm_runs_on_this_cpu
 from benchmarks.workloads import WORKLOADS
 
 TINY = ["--accelerator=cpu", "--preset=tiny", "--warmup=2", "--window=2", "--repeats=2"]
@@ -74,16 +74,6 @@ def test_every_workload_has_the_three_presets_with_the_same_keys(name: str) -> N
     assert presets["gpu"].keys() == presets["cpu"].keys() == presets["tiny"].keys()
 
 
-def bf16_lstm_runs_here() -> bool:
-    """oneDNN runs a bf16 LSTM only on CPUs with AVX-512 (an AVX2-only one refuses the primitive)."""
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.nn.LSTM(2, 2)(torch.randn(1, 1, 2))
-    except RuntimeError:
-        return False
-    return True
-
-
 # the full ResNet-50-sized transfer run takes 20 s here: the slow suite's
 PARITY = [pytest.param(n, marks=pytest.mark.slow) if n == "transfer-full" else n for n in sorted(WORKLOADS)]
 
@@ -91,7 +81,7 @@ PARITY = [pytest.param(n, marks=pytest.mark.slow) if n == "transfer-full" else n
 @pytest.mark.parametrize("name", PARITY)
 def test_each_plain_loop_does_what_its_lightning_module_does(name: str, tmp_path: Path) -> None:
     """The parity ratio means something only if both loops do the same arithmetic: same final weights."""
-    precisions = ["fp32", "bf16-mixed"] if name != "seq2seq" or bf16_lstm_runs_here() else ["fp32"]
+    precisions = ["fp32", "bf16-mixed"] if name != "seq2seq" or bf16_lstm_runs_on_this_cpu() else ["fp32"]
     if name == "gan" and Version(pl.__version__) < Version("2.5.5"):  # its autocast kept the cast cache then,
         precisions = [
             "fp32"

@@ -34,5 +34,8 @@ def test_the_gpu_run_script_runs_end_to_end_with_tiny_sizes(tmp_path: Path) -> N
     )
     assert len(files) == 8  # what one device call brings back at most
     checks = json.loads((tmp_path / "out/gpu_checks.json").read_text())["checks"]
-    assert [c["name"] for c in checks if c["status"] != "ok"] == []
+    assert [c["name"] for c in checks if c["status"] == "failed"] == []
+    assert {c.get("note") for c in checks if c["status"] == "skipped"} <= {
+        "this CPU has no bf16 LSTM (oneDNN needs AVX-512)"
+    }
     assert {"classifier fit at bf16-mixed", "classifier resume from last.ckpt"} <= {c["name"] for c in checks}
