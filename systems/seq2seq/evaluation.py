@@ -14,8 +14,8 @@ _ALPHABET = string.digits + string.ascii_letters  # one character per token, whe
 
 
 def format_decoding(inputs: Tensor, targets: Tensor, tokens: Tensor, vocab_size: int, chunk_size: int) -> str:
-    """One sequence as rows of input, target and output tokens, a ``^`` under each wrong output and a ``|`` over
-    each chunk border, wrapped every 64 steps."""
+    """One sequence as rows of input, target and output tokens, a ``^`` under each wrong output and a ``|``
+    over each chunk border, wrapped every 64 steps."""
     width = 1 if vocab_size <= len(_ALPHABET) else len(str(vocab_size - 1)) + 1
     wrong = (tokens != targets).tolist()
     rows = {"chunks": ["|" if t % chunk_size == 0 and t > 0 else " " for t in range(len(inputs))]}
@@ -31,9 +31,9 @@ def format_decoding(inputs: Tensor, targets: Tensor, tokens: Tensor, vocab_size:
 
 
 def write_decodings(trainer: pl.Trainer, examples: list[Tensor], vocab_size: int, chunk_size: int) -> None:
-    """``examples``: inputs, targets, lengths and decoded tokens of a few sequences, padding cut off here, as
-    ``val_decodings/epoch=NNN.txt`` and TensorBoard's text (Markdown: indented, a code block). Every process calls
-    it (the file's folder is a broadcast under DDP); the first writes its own examples."""
+    """The ``examples`` (inputs, targets, lengths, decoded tokens of a few sequences; padding cut off here) as
+    ``val_decodings/epoch=NNN.txt`` and TensorBoard's text (Markdown: indented, a code block). Every process
+    calls it (the file's folder is a broadcast under DDP); the first writes its own examples."""
     if (path := epoch_file(trainer, "val/decodings", ".txt")) is not None:
         cut = ((x[:n], y[:n], t[:n]) for x, y, n, t in zip(*examples, strict=True))
         decodings = "\n\n".join(format_decoding(*example, vocab_size, chunk_size) for example in cut)

@@ -1,5 +1,5 @@
-"""Plain torch: a streaming encoder and decoder, the state one chunk of a stream hands to the next, and the chunk
-steps that the LightningModule (``module.py``) and the plain loop (``plain.py``) share."""
+"""Plain torch: a streaming encoder and decoder, the state one chunk of a stream hands to the next, and the
+chunk steps that the LightningModule (``module.py``) and the plain loop (``plain.py``) share."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ LSTMState = tuple[Tensor, Tensor]
 
 
 class StreamState(NamedTuple):
-    """What a stream remembers between chunks (1.x's ``hiddens``): both LSTM states and the decoder's last token."""
+    """What a stream keeps between chunks (1.x's ``hiddens``): both LSTM states, the decoder's last token."""
 
     encoder: LSTMState
     decoder: LSTMState
@@ -21,8 +21,8 @@ class StreamState(NamedTuple):
 
 
 def detach_state(state: StreamState) -> StreamState:
-    """Cut the autograd history at a chunk border (``repackage_hidden`` in pytorch/examples): the values flow on,
-    the gradients stop, so each backward covers one chunk and the previous chunk's graph is freed."""
+    """Cut the autograd history at a chunk border (``repackage_hidden`` in pytorch/examples): the values flow
+    on, the gradients stop, so each backward covers one chunk and the previous chunk's graph is freed."""
     encoder, decoder = (tuple(t.detach() for t in lstm) for lstm in (state.encoder, state.decoder))
     return StreamState(encoder, decoder, state.last_token.detach())
 
@@ -42,8 +42,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Emits one target token per step from the encoder's output at that step and the token before it (the true one
-    or its own); token ``vocab_size`` is the start token, fed before the first step of a stream."""
+    """Emits one target token per step from the encoder's output at that step and the token before it (the
+    true one or its own); token ``vocab_size`` is the start token, fed before the first step of a stream."""
 
     def __init__(self, vocab_size: int, embedding_dim: int, hidden_size: int, num_layers: int) -> None:
         super().__init__()
@@ -53,7 +53,7 @@ class Decoder(nn.Module):
         self.head = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, encoded: Tensor, previous: Tensor, state: LSTMState | None) -> tuple[Tensor, LSTMState]:
-        """Logits (B, T, vocab) for the encoder's outputs (B, T, hidden) and the tokens before each step (B, T)."""
+        """Logits (B, T, vocab) from the encoder's outputs (B, T, hidden) and the previous tokens (B, T)."""
         outputs, state = self.rnn(torch.cat([encoded, self.embedding(previous)], dim=-1), state)
         return self.head(outputs), state
 
@@ -66,9 +66,9 @@ def time_chunks(length: int, chunk_size: int) -> list[slice]:
 def teacher_forced(
     encoder: Encoder, decoder: Decoder, inputs: Tensor, targets: Tensor, state: StreamState | None = None
 ) -> tuple[Tensor, StreamState]:
-    """One chunk (B, T) through both nets, the decoder fed the true previous tokens (training): logits (B, T, vocab)
-    and the state to hand to the next chunk. ``state`` None (1.x's first ``hiddens``) starts a fresh stream: zero
-    LSTM states and the start token."""
+    """One chunk (B, T) through both nets, the decoder fed the true previous tokens (training): logits
+    (B, T, vocab) and the state to hand to the next chunk. ``state`` None (1.x's first ``hiddens``) starts a
+    fresh stream: zero LSTM states and the start token."""
     enc_state, dec_state, last = state or (None, None, torch.full_like(inputs[:, 0], decoder.start_token))
     encoded, enc_state = encoder(inputs, enc_state)
     previous = torch.cat([last.unsqueeze(1), targets[:, :-1]], dim=1)
@@ -100,8 +100,8 @@ def chunk_loss(
     mask: Tensor,
     state: StreamState | None,
 ) -> tuple[Tensor, Tensor, StreamState]:
-    """One chunk's training forward: the mean cross-entropy over its real steps (``mask`` True; padded steps add
-    nothing, not even gradients; 0 with none), its logits, and the state to hand to the next chunk."""
+    """One chunk's training forward: the mean cross-entropy over its real steps (``mask`` True; padded steps
+    add nothing, not even gradients; 0 with none), its logits, and the state to hand to the next chunk."""
     logits, state = teacher_forced(encoder, decoder, inputs, targets, state)
     losses = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
     return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1), logits, state

@@ -1,6 +1,6 @@
 """The seq2seq system: an encoder and a decoder trained with truncated backprop through time (TBPTT). 1.x's
 ``Trainer(truncated_bptt_steps=k)`` cut each batch along time and stepped the optimizer after each piece; 2.0
-removed it, and ``training_step`` does it by hand here, under manual optimization (``plain.py``: without Lightning)."""
+removed it; ``training_step`` does it by hand, under manual optimization (``plain.py``: without Lightning)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ class Seq2Seq(pl.LightningModule):
         self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
-        # a loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token; the training accuracy
-        # skips its argument checks, which would sync the GPU with the host at every batch
+        # losses: MeanMetrics weighted by real tokens, so an epoch's loss is a mean per token; the training
+        # accuracy skips its argument checks, which would sync the GPU with the host at every batch
         accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
         self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy(validate_args=False)})
         metrics = dict(loss=MeanMetric(), acc=accuracy(), acc_past_first_chunk=accuracy(), exact=MeanMetric())
@@ -130,8 +130,8 @@ class Seq2Seq(pl.LightningModule):
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
     def _evaluate(self, batch: SequenceBatch, stage: str) -> Tensor:
-        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks as in
-        training. Returns the stream's tokens."""
+        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks as
+        in training. Returns the stream's tokens."""
         (inputs, targets, lengths), k = batch, self.hparams.truncated_bptt_steps
         mask, metrics = padding_mask(lengths, inputs.shape[1]), self.eval_metrics[stage]
         tokens, _ = self.stream(inputs)
