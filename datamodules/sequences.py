@@ -6,34 +6,23 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules.common import check_loader_arguments, make_loader
 from shared.errors import require
 
-TASKS = ("running_sum", "delayed_copy")
-_SPLITS = ("train", "val", "test")
-
+Task = Literal["running_sum", "delayed_copy"]
 # One batch: input tokens (B, T), target tokens (B, T), real lengths (B,); padded places hold ``pad_index``.
 SequenceBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def make_targets(inputs: torch.Tensor, task: str, vocab_size: int, delay: int) -> torch.Tensor:
-    """The target token at every step of ``inputs`` (B, T); targets lag the inputs by ``delay`` steps.
-
-    ``running_sum``: the sum modulo ``vocab_size`` of all inputs up to ``delay`` steps ago; it depends on
-    the whole history. ``delayed_copy``: the input ``delay`` steps ago; it depends on the last ``delay``
-    steps. Before step ``delay`` there is nothing to report yet and the target is 0.
-    """
-    if task == "running_sum":
-        reported = inputs.cumsum(dim=1) % vocab_size
-    elif task == "delayed_copy":
-        reported = inputs
-    else:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}.")
-    targets = torch.zeros_like(inputs)
-    targets[:, delay:] = reported[:, : inputs.shape[1] - delay]
-    return targets
+def make_targets(inputs: torch.Tensor, task: Task, vocab_size: int, delay: int) -> torch.Tensor:
+    """The target token at every step of ``inputs`` (B, T), lagging the inputs by ``delay`` steps (0 before):
+    ``running_sum``, the sum modulo ``vocab_size`` of all inputs up to ``delay`` steps ago (it depends on the
+    whole history); ``delayed_copy``, the input ``delay`` steps ago (it depends on the last ``delay``)."""
+    reported = inputs.cumsum(dim=1) % vocab_size if task == "running_sum" else inputs
+    return F.pad(reported, (delay, 0))[:, : inputs.shape[1]]  # shifted right by delay, zeros before
 
 
 def padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -49,19 +38,14 @@ def collate_sequences(samples: list[tuple[torch.Tensor, ...]]) -> SequenceBatch:
 
 
 class SequenceDataModule(pl.LightningDataModule):
-    """Sequences of random tokens in ``[0, vocab_size)`` with one target token per input token.
-
-    Each split is generated once in ``setup`` from its own seeded generator: the same data in every
-    process and run, and no draw from the global random state (so a resumed run sees what an
-    uninterrupted one would). A batch is padded to its longest sequence with ``pad_index``; the lengths
-    come with it so that the loss can be masked.
+    """Sequences of random tokens in ``[0, vocab_size)`` with one target token per input token, padded with
+    ``pad_index`` (``vocab_size``) to the longest of their batch, their lengths alongside to mask the loss.
 
     Args:
-        task: ``running_sum`` (targets depend on the whole history) or ``delayed_copy`` (on the last
-            ``delay`` steps).
+        task: ``running_sum`` (a target depends on the whole history) or ``delayed_copy`` (on one past input).
         vocab_size: number of distinct tokens, in inputs and targets alike.
-        delay: steps by which the targets lag the inputs. A streaming model must then carry the last
-            ``delay`` inputs across every chunk border in its state.
+        delay: steps by which the targets lag the inputs: a streaming model must carry the last ``delay``
+            inputs across every chunk border in its state.
         min_length: shortest sequence.
         max_length: longest sequence.
         train_size: sequences in the training split.
@@ -75,7 +59,7 @@ class SequenceDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        task: Literal["running_sum", "delayed_copy"] = "running_sum",
+        task: Task = "running_sum",
         vocab_size: int = 10,
         delay: int = 4,
         min_length: int = 100,
@@ -90,62 +74,41 @@ class SequenceDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         require(vocab_size >= 2, f"data.vocab_size must be 2 or more, got {vocab_size}.")
-        require(
-            1 <= min_length <= max_length,
-            f"data.min_length ({min_length}) and data.max_length ({max_length}) must satisfy "
-            "1 <= min_length <= max_length.",
-        )
-        require(
-            0 <= delay < min_length,
-            f"data.delay must be in [0, min_length={min_length}), got {delay}: every sequence needs steps to "
-            "report, so lower data.delay or raise data.min_length.",
-        )
-        require(
-            min(train_size, val_size, test_size) >= 1,
-            "data.train_size, data.val_size and data.test_size must be 1 or more.",
-        )
+        lengths = f"data.min_length ({min_length}) and data.max_length ({max_length})"
+        require(1 <= min_length <= max_length, f"{lengths} must satisfy 1 <= min_length <= max_length.")
+        fix = "every sequence needs steps to report, so lower data.delay or raise data.min_length"
+        require(0 <= delay < min_length, f"data.delay must be in [0, {min_length}), got {delay}: {fix}.")
+        sizes = {"train": train_size, "val": val_size, "test": test_size}
+        require(min(sizes.values()) >= 1, "data.train_size, val_size and test_size must be 1 or more.")
         check_loader_arguments(batch_size, num_workers)
+        self.task, self.vocab_size, self.delay, self.sizes = task, vocab_size, delay, sizes
+        self.min_length, self.max_length, self.pad_index = min_length, max_length, vocab_size
         self.batch_size, self.num_workers, self.shuffle, self.seed = batch_size, num_workers, shuffle, seed
-        self.task = task
-        self.vocab_size = vocab_size
-        self.delay = delay
-        self.min_length = min_length
-        self.max_length = max_length
-        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        # the padding token: one past the real ones, so models give it its own embedding row
-        self.pad_index = vocab_size
-        self.datasets: dict[str, Dataset] = {}
-
-    def generate(self, split: str) -> TensorDataset:
-        """Generate one split: inputs and targets padded to ``max_length``, and the real lengths."""
-        index = _SPLITS.index(split)
-        # a seed per (seed, split): the validation data stays the same when train_size changes
-        generator = torch.Generator().manual_seed(self.seed * len(_SPLITS) + index)
-        n = self.sizes[split]
-        lengths = torch.randint(self.min_length, self.max_length + 1, (n,), generator=generator)
-        inputs = torch.randint(0, self.vocab_size, (n, self.max_length), generator=generator)
-        targets = make_targets(inputs, self.task, self.vocab_size, self.delay)
-        padding = ~padding_mask(lengths, self.max_length)
-        inputs[padding] = self.pad_index
-        targets[padding] = self.pad_index
-        return TensorDataset(inputs, targets, lengths)
+        self.datasets: dict[str, TensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        if not self.datasets:
-            self.datasets = {split: self.generate(split) for split in _SPLITS}
-
-    def _loader(self, split: str) -> DataLoader:
-        require(split in self.datasets, f"{type(self).__name__}.setup() has not built the {split} split yet.")
-        return make_loader(self, self.datasets[split], split == "train", collate_sequences)
+        """Each split from its own seeded generator, once: the same data in every process and run, and no draw
+        from the global random state (a resumed run sees what an uninterrupted one would)."""
+        if self.datasets:  # fit, validate and test each call it
+            return
+        for index, (split, size) in enumerate(self.sizes.items()):
+            # a seed per (seed, split): the validation data stays the same when train_size changes
+            generator = torch.Generator().manual_seed(self.seed * len(self.sizes) + index)
+            lengths = torch.randint(self.min_length, self.max_length + 1, (size,), generator=generator)
+            inputs = torch.randint(0, self.vocab_size, (size, self.max_length), generator=generator)
+            targets = make_targets(inputs, self.task, self.vocab_size, self.delay)
+            padding = ~padding_mask(lengths, self.max_length)
+            padded = (t.masked_fill(padding, self.pad_index) for t in (inputs, targets))
+            self.datasets[split] = TensorDataset(*padded, lengths)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        return make_loader(self, self.datasets["train"], True, collate_sequences)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return make_loader(self, self.datasets["val"], False, collate_sequences)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return make_loader(self, self.datasets["test"], False, collate_sequences)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return make_loader(self, self.datasets["test"], False, collate_sequences)

@@ -1,21 +1,24 @@
 """The seq2seq system: an encoder and a decoder trained with truncated backprop through time (TBPTT). 1.x's
-``Trainer(truncated_bptt_steps=k)`` cut each batch along time, called ``training_step(batch, batch_idx, hiddens)``
-per piece and stepped the optimizer after each; 2.0 removed it, and ``training_step`` does it by hand here, under
-manual optimization. ``plain.py`` is the same step without Lightning, on ``model.py``'s pieces."""
+``Trainer(truncated_bptt_steps=k)`` cut each batch along time and stepped the optimizer after each piece; 2.0
+removed it; ``training_step`` does it by hand, under manual optimization (``plain.py``: without Lightning)."""
 
 from __future__ import annotations
 
+import copy
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.optim import AdamW, lr_scheduler
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.sequences import SequenceBatch, padding_mask
 from shared.errors import epochs_to_train, require
-from systems.seq2seq.evaluation import Example, first_examples, stage_metrics, write_decodings
+from systems.seq2seq.evaluation import write_decodings
 from systems.seq2seq.model import Decoder, Encoder, StreamState, chunk_loss, detach_state, greedy, time_chunks
 
 
@@ -52,27 +55,29 @@ class Seq2Seq(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        sizes = (embedding_dim, hidden_size, num_layers, truncated_bptt_steps)
+        sizes = embedding_dim, hidden_size, num_layers, truncated_bptt_steps
         names = "model.embedding_dim, hidden_size, num_layers and truncated_bptt_steps (steps per chunk)"
         require(min(sizes) >= 1, f"{names} must be 1 or more, got {', '.join(map(str, sizes))}.")
-        rest = (
-            f"weight_decay={weight_decay}, gradient_clip_val={gradient_clip_val}, num_examples={num_examples}"
-        )
         require(lr > 0, f"model.lr must be > 0, got {lr}.")
-        require(min(weight_decay, gradient_clip_val, num_examples) >= 0, f"These must be 0 or more: {rest}.")
+        rest = weight_decay, gradient_clip_val, num_examples
+        require(min(rest) >= 0, f"model.weight_decay, gradient_clip_val, num_examples must be >= 0: {rest}.")
         self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
-        # each stage's loss is a MeanMetric weighted by real tokens: an epoch's loss is a mean per token
-        self.train_metrics = stage_metrics(vocab_size, streamed=False)
-        self.eval_metrics = nn.ModuleDict(
-            {s: stage_metrics(vocab_size, streamed=True) for s in ("val", "test")}
-        )
-        # what 1.x passed to validation_epoch_end as `outputs`; freed there
-        self.val_examples: list[Example] = []
+        # losses: MeanMetrics weighted by real tokens, so an epoch's loss is a mean per token; the training
+        # accuracy skips its argument checks, which would sync the GPU with the host at every batch
+        accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
+        self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy(validate_args=False)})
+        metrics = dict(loss=MeanMetric(), acc=accuracy(), acc_past_first_chunk=accuracy(), exact=MeanMetric())
+        self.eval_metrics = nn.ModuleDict({s: nn.ModuleDict(copy.deepcopy(metrics)) for s in ("val", "test")})
+        self.val_examples: list[Tensor] = []  # 1.x's validation_epoch_end(outputs); freed there
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        inputs, targets, lengths = self._same_length_in_every_process(batch)
+        inputs, targets, lengths = batch
+        if self.trainer.world_size > 1:  # under DDP every process must run as many chunks (each all-reduces)
+            longest = int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max())
+            extra, pad = (0, longest - inputs.shape[1]), self.hparams.vocab_size
+            inputs, targets = F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad)
         mask, optimizer = padding_mask(lengths, inputs.shape[1]), self.optimizers()
         state = None  # as in 1.x, every batch starts a fresh stream
         loss_sum, predictions = torch.zeros((), device=self.device), []
@@ -103,29 +108,18 @@ class Seq2Seq(pl.LightningModule):
         # inside optimizer.step(), just before this hook (Lightning issue #18089)
         self.clip_gradients(optimizer, self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
 
-    def _same_length_in_every_process(self, batch: SequenceBatch) -> SequenceBatch:
-        """Padded to the longest batch of all processes: under DDP each must run as many chunks (all-reduces)."""
-        inputs, targets, lengths = batch
-        if self.trainer.world_size == 1:
-            return batch
-        longest = int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max())
-        extra, pad = (0, longest - inputs.shape[1]), self.hparams.vocab_size
-        return F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad), lengths
-
     def on_train_epoch_end(self) -> None:  # manual optimization: the scheduler is ours; before last.ckpt
         self.lr_schedulers().step()
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), hp.lr, weight_decay=hp.weight_decay)
-        scheduler = CosineAnnealingLR(optimizer, epochs_to_train(self.trainer))
-        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+    def configure_optimizers(self) -> tuple[list, list]:
+        optimizer = AdamW(self.parameters(), self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return [optimizer], [lr_scheduler.CosineAnnealingLR(optimizer, epochs_to_train(self.trainer))]
 
-    def forward(self, inputs: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, ...]:
+    def forward(self, inputs: Tensor, state: StreamState | None = None) -> tuple[Tensor, Tensor, StreamState]:
         """Greedy-decode one chunk ``inputs`` (B, T) from ``state``: tokens (B, T), logits, the next state."""
         return greedy(self.encoder, self.decoder, inputs, state)
 
-    def stream(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def stream(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Greedy-decode whole sequences (B, T) chunk by chunk, the state carried from each to the next."""
         state, tokens, logits = None, [], []
         for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
@@ -135,20 +129,18 @@ class Seq2Seq(pl.LightningModule):
             logits.append(chunk_logits)
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
-    def _evaluate(self, batch: SequenceBatch, stage: str) -> torch.Tensor:
-        """Validation's and test's step: the greedy stream's metrics and tokens, and the loss teacher-forced in
-        chunks as in training."""
-        inputs, targets, lengths = batch
+    def _evaluate(self, batch: SequenceBatch, stage: str) -> Tensor:
+        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks as
+        in training. Returns the stream's tokens."""
+        (inputs, targets, lengths), k = batch, self.hparams.truncated_bptt_steps
         mask, metrics = padding_mask(lengths, inputs.shape[1]), self.eval_metrics[stage]
         tokens, _ = self.stream(inputs)
         metrics["acc"](tokens[mask], targets[mask])
-        late = mask.clone()
-        late[:, : self.hparams.truncated_bptt_steps] = False
-        if late.any():
-            metrics["acc_past_first_chunk"](tokens[late], targets[late])
+        if mask[:, k:].any():  # where every target depends on what earlier chunks saw
+            metrics["acc_past_first_chunk"](tokens[:, k:][mask[:, k:]], targets[:, k:][mask[:, k:]])
         metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
         state = None
-        for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
+        for chunk in time_chunks(inputs.shape[1], k):
             loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             metrics["loss"].update(loss, weight=mask[:, chunk].sum())
             state = self.carry(state)
@@ -158,19 +150,18 @@ class Seq2Seq(pl.LightningModule):
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         tokens = self._evaluate(batch, "val")
-        if batch_idx == 0:
-            self.val_examples += first_examples(batch, tokens, self.hparams.num_examples)
+        if batch_idx == 0:  # the first sequences: inputs, targets, lengths and decoded tokens
+            self.val_examples = [t[: self.hparams.num_examples].cpu() for t in (*batch, tokens)]
 
     def on_validation_epoch_end(self) -> None:
-        examples, self.val_examples = self.val_examples, []
-        if self.hparams.num_examples:
-            hp = self.hparams
+        examples, self.val_examples, hp = self.val_examples, [], self.hparams
+        if hp.num_examples:
             write_decodings(self.trainer, examples, hp.vocab_size, hp.truncated_bptt_steps)
 
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> list[torch.Tensor]:
+    def predict_step(self, batch: Any, batch_idx: int) -> list[Tensor]:
         """Whole sequences streamed in chunks, from ``(inputs, targets, lengths)`` or bare inputs (B, T): each one's
         tokens, padding cut off."""
         if not isinstance(batch, list | tuple):
