@@ -1,7 +1,4 @@
-"""Plain torch: a torchvision ResNet without its classifier, the input it expects, and what freezing means for each
-of its five stages (which ones train, which mode each runs in)."""
-
-from __future__ import annotations
+"""Plain torch: a ResNet without its classifier, its input, and what freezing does to each of its five stages."""
 
 from collections.abc import Sequence
 from typing import Literal
@@ -19,17 +16,16 @@ BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def build_backbone(arch: Arch) -> tuple[ResNet, int]:
-    """A randomly initialised torchvision ResNet that maps images to pooled features, and its feature width. The
-    classifier ``fc`` becomes the identity rather than being cut off: the parameter names stay torchvision's, so
-    its weight files load as they are, and the width is read (512 for ResNet-18/34, 2048 for ResNet-50)."""
+    """A randomly initialised ResNet mapping images to pooled features, and their width; ``fc`` becomes the identity,
+    not cut off, so that the parameter names stay torchvision's and its weight files load as they are."""
     backbone = get_model(arch, weights=None)
     width, backbone.fc = backbone.fc.in_features, nn.Identity()
     return backbone, width
 
 
 class Standardize(nn.Module):
-    """Standardise each channel with the data's statistics (buffers: they follow the module and live in its
-    checkpoint), and give grey images the three channels a ResNet's first convolution expects."""
+    """Standardise each channel with the data's statistics (buffers: they live in the checkpoint), and give grey
+    images the three channels a ResNet's first convolution expects."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -37,32 +33,23 @@ class Standardize(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return ((x - self.mean) / self.std).expand(-1, 3, -1, -1)  # RGB stays as it is
 
 
 def unfreeze(backbone: ResNet, stages: int, bn_policy: BNPolicy) -> list[nn.Parameter]:
-    """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all); the parameters that were frozen.
-    Under ``bn_policy="frozen"`` their BatchNorm layers stay frozen (weights and statistics)."""
-    modules = [
-        m
-        for stage in STAGES[len(STAGES) - stages :]
-        for name in stage
-        for m in getattr(backbone, name).modules()
-    ]
-    keep = (lambda m: isinstance(m, BATCH_NORMS)) if bn_policy == "frozen" else (lambda m: False)
-    joined = [p for m in modules if not keep(m) for p in m.parameters(recurse=False) if not p.requires_grad]
-    return [p.requires_grad_(True) for p in joined]
+    """Make the last ``stages`` of the five trainable (1: ``layer4``, 5: all), their BatchNorm layers only under
+    ``bn_policy="train"``; return the parameters that were frozen."""
+    modules = [m for stage in STAGES[-stages:] for name in stage for m in getattr(backbone, name).modules()]
+    kept = [m for m in modules if bn_policy == "train" or not isinstance(m, BATCH_NORMS)]
+    return [p.requires_grad_(True) for m in kept for p in m.parameters(recurse=False) if not p.requires_grad]
 
 
 def set_modes(backbone: ResNet, bn_policy: BNPolicy) -> None:
     """Frozen stages in eval mode, trainable ones in train mode, and BatchNorm in train mode only under
     ``bn_policy="train"``: in train mode it updates its statistics even when nothing requires grad."""
     for stage in STAGES:
-        modules = [getattr(backbone, name) for name in stage]
-        trainable = any(p.requires_grad for module in modules for p in module.parameters())
-        for module in modules:
-            module.train(trainable)
-    for module in backbone.modules():
-        if isinstance(module, BATCH_NORMS):
-            module.train(bn_policy == "train")
+        trainable = any(p.requires_grad for name in stage for p in getattr(backbone, name).parameters())
+        for name in stage:
+            getattr(backbone, name).train(trainable)
+    for batch_norm in (m for m in backbone.modules() if isinstance(m, BATCH_NORMS)):
+        batch_norm.train(bn_policy == "train")

@@ -1,28 +1,24 @@
-"""The transfer system: a pretrained ResNet ``backbone``, frozen, under a new trainable ``head``. Frozen means four
-things, all on this first screen: ``requires_grad=False``; features computed under ``no_grad``; only trainable
-parameters in the optimizer; eval mode every epoch, so BatchNorm keeps its statistics (unless ``bn_policy`` says
-otherwise). Staged unfreezing: ``callbacks.py``; the starting weights: ``weights.py``; no Lightning: ``plain.py``."""
-
-from __future__ import annotations
+"""The transfer system's LightningModule; staged unfreezing: callbacks.py; starting weights: weights.py."""
 
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from torchvision.models import get_model_weights
 
 from shared.errors import require
 from systems.transfer.callbacks import UnfreezeBackbone
-from systems.transfer.model import STAGES, Arch, BNPolicy, Standardize, build_backbone, set_modes, unfreeze
-from systems.transfer.weights import PRETRAINED_BACKBONE, check_name, load_weights, weight_file
+from systems.transfer.model import Arch, BNPolicy, Standardize, build_backbone, set_modes, unfreeze
+from systems.transfer.weights import PRETRAINED_BACKBONE, WEIGHT_NAME, load_weights, weight_file
 
 
 class TransferLearner(pl.LightningModule):
-    """A ResNet ``backbone`` from pretrained weights, and a new linear ``head`` for the target task.
+    """A pretrained ResNet ``backbone``, frozen, under a new trainable linear ``head``. Frozen means four things, all
+    on this first screen: ``requires_grad=False``; features computed under ``no_grad``; only trainable parameters in
+    the optimizer; eval mode every epoch, so BatchNorm keeps its statistics (unless ``bn_policy`` says otherwise).
 
     Args:
         num_classes: classes of the target task (linked from the datamodule).
@@ -30,8 +26,8 @@ class TransferLearner(pl.LightningModule):
         mean: per-channel mean of the images, standardised away before the backbone (linked).
         std: per-channel standard deviation of the images (linked).
         arch: the torchvision ResNet.
-        weights: the backbone's starting weights when ``fit`` starts (``weights.py``): a file (by default what
-            ``pretrain`` exports), a torchvision weight name of ``arch`` (``IMAGENET1K_V1``), or null (random).
+        weights: loaded when ``fit`` starts: a file (by default what ``pretrain`` exports), a weight name of ``arch``
+            (``IMAGENET1K_V1``), or null (random).
         unfreeze_at_epoch: null: frozen throughout; 0: the unfrozen stages train from the start; N: they join then.
         unfreeze_stages: the backbone's top stages that unfreezing trains, of five: 1 is ``layer4``, 5 all of it.
         bn_policy: ``frozen``: BatchNorm's statistics and weights fixed even in unfrozen stages; ``train``: both
@@ -77,7 +73,6 @@ class TransferLearner(pl.LightningModule):
         self.val_acc, self.test_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's pooled features of a batch of images, ``(N, width)``."""
         x = self.normalize(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -91,9 +86,8 @@ class TransferLearner(pl.LightningModule):
         return self.head(self.features(x))
 
     def step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        """What training, validation and test share: ``stage/loss`` and ``stage/acc``."""
         logits, accuracy, train = self(batch[0]), getattr(self, f"{stage}_acc"), stage == "train"
-        loss = F.cross_entropy(logits, batch[1])
+        loss = nn.functional.cross_entropy(logits, batch[1])
         accuracy(logits, batch[1])
         self.log(f"{stage}/loss", loss, on_step=train, on_epoch=True, prog_bar=train, sync_dist=not train)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
@@ -119,60 +113,48 @@ class TransferLearner(pl.LightningModule):
         return torch.optim.AdamW(groups, weight_decay=self.hparams.weight_decay)
 
     def on_train_epoch_start(self) -> None:
-        # every epoch, after the callbacks' (a stage UnfreezeBackbone just unfroze trains): Lightning restores each
-        # submodule's mode after validation, but whatever sets the whole module to train mode in between
-        # (model.train(), an overridden on_validation_model_train) would let frozen BatchNorm drift
+        # every epoch, after the callbacks' (a stage UnfreezeBackbone just unfroze trains): whatever sets the whole
+        # module to train mode after validation (model.train(), on_validation_model_train) would let BatchNorm drift
         set_modes(self.backbone, self.hparams.bn_policy)
 
-    def on_train_start(self) -> None:  # a run resumed mid-epoch has no epoch start
-        set_modes(self.backbone, self.hparams.bn_policy)
+    on_train_start = on_train_epoch_start  # a run resumed mid-epoch has no epoch start
 
-    def configure_callbacks(self) -> list[Callback]:  # staged unfreezing: a callback of this system's
-        hp = self.hparams
-        if not hp.unfreeze_at_epoch:  # null: frozen throughout; 0: unfrozen in __init__
-            return []
-        return [UnfreezeBackbone(hp.unfreeze_at_epoch, hp.backbone_lr, hp.unfreeze_stages, hp.bn_policy)]
-
-    # --- the starting weights (weights.py): read once when fit starts; a checkpoint brings its own ---
+    def configure_callbacks(self) -> list[pl.Callback]:  # staged unfreezing; null: never, 0: in __init__
+        hp, at = self.hparams, self.hparams.unfreeze_at_epoch
+        return [UnfreezeBackbone(at, hp.backbone_lr, hp.unfreeze_stages, hp.bn_policy)] if at else []
 
     def prepare_data(self) -> None:
-        """Before ``fit`` writes anything: stop at a missing weight file, download named weights once per machine."""
+        """Before fit writes anything: stop at a missing weight file, download named ones once per machine."""
         if self.trainer.state.fn == "fit" and not self.weights_loaded:
             weight_file(self.hparams.arch, self.hparams.weights)
 
-    def on_fit_start(self) -> None:
-        # after a checkpoint was restored (resume, load_from_checkpoint) its weights win
+    def load_pretrained(self) -> None:
+        """At fit start, unless a checkpoint was restored (resume, load_from_checkpoint): it brings its own."""
         if not self.weights_loaded:
-            self.load_pretrained()
+            load_weights(self.backbone, self.hparams.arch, self.hparams.weights)
             rank_zero_info(f"Backbone weights loaded from {self.hparams.weights}")
+            self.weights_loaded = True
+
+    on_fit_start = load_pretrained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.weights_loaded = True
 
-    def load_pretrained(self) -> None:
-        if self.hparams.weights is not None:
-            load_weights(self.backbone, self.hparams.arch, self.hparams.weights)
-        self.weights_loaded = True
-
 
 def check(hp: Any) -> None:
-    """The mistakes the types cannot catch (the parser refuses an ``arch`` or ``bn_policy`` its Literal lacks)."""
-    channels = hp.image_shape[0]
+    """What the types cannot say (the parser refuses an ``arch`` or ``bn_policy`` that its Literal lacks)."""
     require(hp.num_classes >= 2, f"num_classes must be at least 2, got {hp.num_classes}.")
-    shapes = (
-        f"image_shape {hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the data"
-    )
     require(
-        channels in (1, 3) and len(hp.mean) == len(hp.std) == channels,
-        f"A ResNet takes grey or RGB images with one mean and std per channel, got {shapes}.",
+        hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0],
+        f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape {hp.image_shape}, "
+        f"mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
     )
-    check_name(hp.arch, hp.weights)
+    names = [w.name for w in get_model_weights(hp.arch)] + ["DEFAULT"]  # a path is checked when fit reads it
+    named = hp.weights is None or not WEIGHT_NAME.fullmatch(hp.weights) or hp.weights in names
+    require(named, f"{hp.arch} has no weights called {hp.weights}: use one of {', '.join(names)}, or a file.")
     at, stages = hp.unfreeze_at_epoch, hp.unfreeze_stages
     require(at is None or at >= 0, f"unfreeze_at_epoch must be null or 0 or more, got {at}.")
-    require(
-        1 <= stages <= len(STAGES),
-        f"unfreeze_stages must be 1 (layer4) to {len(STAGES)} (all), got {stages}.",
-    )
+    require(1 <= stages <= 5, f"unfreeze_stages must be 1 (layer4) to 5 (all), got {stages}.")
     rates = f"lr={hp.lr}, backbone_lr={hp.backbone_lr}, dropout={hp.dropout}"
     require(
         hp.lr > 0 and hp.backbone_lr > 0 and 0 <= hp.dropout < 1,

@@ -1,5 +1,4 @@
-"""``python -m systems.transfer.train``: fit with config.yaml; or ``fit|validate|test|predict`` and flags. The
-default transfers the backbone ``python -m systems.transfer.pretrain`` wrote, frozen, to digits 5-9."""
+"""``python -m systems.transfer.train``: config.yaml's fit (pretrain's backbone, frozen, on digits 5-9), or flags."""
 
 from shared.cli import SystemCLI
 from systems.transfer.module import TransferLearner
