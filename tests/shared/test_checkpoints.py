@@ -102,6 +102,17 @@ def test_a_checkpoint_with_code_in_it_is_refused_without_advice_to_run_it(
     assert not _Payload.ran
 
 
+def test_every_checkpoint_lightning_loads_goes_through_the_safe_loader() -> None:
+    """Lightning reads a resume's or a test's checkpoint through the strategy's checkpoint IO: the project's."""
+    from shared.checkpoints import WholeFileCheckpointIO
+    from shared.errors import UserError
+
+    torch.save({"state_dict": {}, "payload": _Payload()}, "evil.ckpt")
+    with pytest.raises(UserError, match="holds Python objects"):
+        WholeFileCheckpointIO().load_checkpoint("evil.ckpt", weights_only=False)
+    assert not _Payload.ran
+
+
 def test_a_file_that_is_no_lightning_checkpoint_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     torch.save({"weights": torch.ones(2)}, "plain.pt")
     assert "not a Lightning checkpoint" in refused(capsys, main, ["test", *QUIET, "--ckpt_path=plain.pt"])
