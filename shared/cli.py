@@ -142,7 +142,7 @@ class SystemCLI(LightningCLI):
             parser, args
         )  # then the seed and --ckpt_path, checked before anything is built
         subcommand = self.config.get("subcommand")
-        config = self.config.get(subcommand or "", {})
+        config = self.config[subcommand] if subcommand else self.config  # run=False: no subcommand
         seed, path, root = (
             config.get("seed_everything"),
             config.get("ckpt_path"),

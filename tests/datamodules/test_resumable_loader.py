@@ -81,7 +81,14 @@ def test_state_round_trip_skips_only_in_the_saved_epoch() -> None:
     batches = iter(loader)
     next(batches), next(batches)
     state = loader.state_dict()
-    assert state == {"epoch": 0, "batches": 2}
+    assert state == {
+        "epoch": 0,
+        "batches": 2,
+        "batch_size": 256,
+        "samples": 1258,
+        "seed": None,
+        "shuffle": False,
+    }
 
     same_epoch = data.train_dataloader()
     same_epoch.load_state_dict(state)
