@@ -1,6 +1,6 @@
-"""What the GAN adds beside its training: the image grid of fixed latents, and the samples' score by a judge, a
-small classifier trained on the datamodule's own labelled images when the run starts (there is no Inception
-network offline, and one trained on other images would judge other images)."""
+"""The GAN's extras: the grid of fixed latents, and the samples' score by a judge trained on the data's own
+labelled images when the run starts (offline there is no Inception network; one trained on other images would
+judge other images)."""
 
 from __future__ import annotations
 
@@ -52,13 +52,13 @@ def verdict(probs: torch.Tensor, min_share: float = 0.05) -> dict[str, torch.Ten
 
 
 class SampleQuality(pl.Callback):
-    """At every validation, ``samples`` generated images scored against the real validation images: ``val/fd``,
-    the Fréchet distance in the judge's hidden features (FID's recipe; lower is better, the checkpoint callback
-    keeps the best), and ``val/`` + ``verdict``'s names. The judge's accuracy on a tenth of the (up to
-    ``max_images``) training images it did not see, what the score stands on, is printed and logged as
-    ``judge/accuracy``. Data without labels gets no judge and no score. The judge and the samples draw from
-    private random states, so resuming stays exact. Under DDP each process adds its shard of the real images and
-    the first one the samples; torchmetrics sums them."""
+    """At every validation, ``samples`` generated images scored against the real validation images:
+    ``val/fd``, the Fréchet distance in the judge's hidden features (FID's recipe; lower is better, the
+    checkpoint callback keeps the best), and ``val/`` + ``verdict``'s names. What the score stands on, the
+    judge's accuracy on the tenth of (up to ``max_images``) training images it did not see, is printed and
+    logged as ``judge/accuracy``. No labels, no judge. The judge and the samples draw from private random
+    states, so resuming stays exact. Under DDP each process adds its shard of the real images, the first one
+    the samples; torchmetrics sums them."""
 
     def __init__(self, samples: int = 512, max_images: int = 10_000) -> None:
         self.samples, self.max_images = samples, max_images
@@ -88,7 +88,7 @@ class SampleQuality(pl.Callback):
             torch.manual_seed(0)  # the same judge every time
             order, held_out = torch.randperm(len(labels)), max(1, len(labels) // 10)
             train, test = order[held_out:], order[:held_out]
-            # a small CNN; images of 16 px or more are halved first, which keeps 28 and 32 px to seconds on a CPU
+            # a small CNN; 16 px or more are halved first, which keeps 28 and 32 px to seconds on a CPU
             features = nn.Sequential(
                 nn.AvgPool2d(2) if images.shape[-1] >= 16 else nn.Identity(),
                 *(nn.Conv2d(images.shape[1], 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)),

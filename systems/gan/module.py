@@ -1,6 +1,6 @@
 """The GAN system: two optimizers stepped by hand in Lightning 1.x's ``frequency`` order (WGAN-GP ``n_critic``).
-2.x has no ``frequency``: ``training_step`` makes 1.x's choice of optimizer itself (``model.is_critic_batch``) and
-steps that one alone. The samples' grid and score are in ``callbacks.py``."""
+2.x has no ``frequency``: ``training_step`` makes 1.x's choice of optimizer itself (``model.is_critic_batch``)
+and steps that one alone. The samples' grid and score are in ``callbacks.py``."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ class GAN(pl.LightningModule):
         critic = is_critic_batch(batch_idx, hp.n_critic, hp.n_generator)  # batch_idx: within the epoch
         optimizer = self.optimizers()[0 if critic else 1]
         z = torch.randn(len(real), hp.latent_dim, device=self.device)  # the global state: restored on resume
-        # inside, the other net's weights get no gradient (the generator's flows *through* the critic), no step
+        # inside, the other net gets no gradient (the generator's still flows *through* the critic), no step
         with self.toggled_optimizer(optimizer):
             if critic:
                 with torch.no_grad():
