@@ -4,11 +4,8 @@ judge other images)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -101,7 +98,7 @@ class SampleQuality(pl.Callback):
             for _ in range(300):
                 batch = train[torch.randint(len(train), (min(128, len(train)),))]
                 optimizer.zero_grad()
-                F.cross_entropy(judge(images[batch]), labels[batch]).backward()
+                nn.functional.cross_entropy(judge(images[batch]), labels[batch]).backward()
                 optimizer.step()
         self.judge = judge.eval().requires_grad_(False)
         with torch.no_grad():
@@ -123,7 +120,7 @@ class SampleQuality(pl.Callback):
             self.fid.to(pl_module.device).reset()
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: object, batch: list, *args: object
     ) -> None:
         if self._scoring:
             self.fid.update(batch[0].float(), real=True)
