@@ -100,9 +100,8 @@ class SampleQuality(pl.Callback):
                 optimizer.zero_grad()
                 nn.functional.cross_entropy(judge(images[batch]), labels[batch]).backward()
                 optimizer.step()
-        self.judge = judge.eval().requires_grad_(False)
-        with torch.no_grad():
-            self.accuracy = (judge(images[test]).argmax(1) == labels[test]).float().mean().item()
+        self.judge = judge.eval().requires_grad_(False)  # frozen: its outputs need no no_grad
+        self.accuracy = (judge(images[test]).argmax(1) == labels[test]).float().mean().item()
         self.fid = FrechetInceptionDistance(feature=features, normalize=False)
         rank_zero_info(
             f"Sample score: a judge trained on {len(train):,} training images recognises "
