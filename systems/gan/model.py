@@ -34,19 +34,12 @@ class Generator(nn.Module):
         channels, _, side = image_shape
         self.start, doublings = upsampling_plan(side)
         self.start_channels = c = width * 2**doublings
-        self.project = nn.Sequential(
-            nn.Linear(latent_dim, c * self.start**2, bias=False),
-            nn.BatchNorm1d(c * self.start**2),
-            nn.ReLU(True),
-        )
+        n = c * self.start**2
+        self.project = nn.Sequential(nn.Linear(latent_dim, n, bias=False), nn.BatchNorm1d(n), nn.ReLU(True))
         layers: list[nn.Module] = []
         for _ in range(doublings):
-            layers += [
-                nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(c // 2),
-                nn.ReLU(True),
-            ]
             c //= 2
+            layers += [nn.ConvTranspose2d(2 * c, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
         for _ in range(blocks):
             layers += [nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
         self.body = nn.Sequential(*layers, nn.Conv2d(c, channels, 3, padding=1), nn.Tanh())
@@ -91,8 +84,8 @@ def critic_loss(
     penalty``, or the BCE loss of a classifier of real against fake."""
     real_scores, fake_scores = critic(real), critic(fake)
     if loss == "bce":
-        ones, zeros = torch.ones_like(real_scores), torch.zeros_like(fake_scores)
         bce = F.binary_cross_entropy_with_logits
+        ones, zeros = torch.ones_like(real_scores), torch.zeros_like(fake_scores)
         return bce(real_scores, ones) + bce(fake_scores, zeros), {}
     penalty = gradient_penalty(critic, real, fake)
     parts = {"gp": penalty, "wasserstein": real_scores.mean() - fake_scores.mean()}
@@ -102,11 +95,9 @@ def critic_loss(
 def generator_loss(critic: nn.Module, fake: torch.Tensor, loss: str = "wgan-gp") -> torch.Tensor:
     """``-D(G(z))``, or the non-saturating ``-log D(G(z))`` of the BCE loss."""
     scores = critic(fake)
-    return (
-        F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
-        if loss == "bce"
-        else -scores.mean()
-    )
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
+    return -scores.mean()
 
 
 def averaged(generator: nn.Module, decay: float) -> AveragedModel:
@@ -114,12 +105,9 @@ def averaged(generator: nn.Module, decay: float) -> AveragedModel:
     cleaner samples than the last weights); call ``update_parameters(generator)`` after every generator step. The
     decay rises as ``(1 + n) / (10 + n)`` until ``decay``, so a short run's average leaves the initial weights."""
 
-    @torch.no_grad()
-    def moved(averages: list[torch.Tensor], currents: list[torch.Tensor], n: torch.Tensor) -> None:
+    def moved(means: list[torch.Tensor], nows: list[torch.Tensor], n: torch.Tensor) -> None:
         weight = 1 - ((1 + n) / (10 + n)).clamp(max=decay)  # a tensor: no wait for the GPU
-        for average, current in zip(averages, currents, strict=True):
-            average.lerp_(
-                current, weight.to(average.dtype)
-            ) if average.is_floating_point() else average.copy_(current)
+        for mean, now in zip(means, nows, strict=True):  # the tensors come detached
+            mean.lerp_(now, weight.to(mean.dtype)) if mean.is_floating_point() else mean.copy_(now)
 
     return AveragedModel(generator, multi_avg_fn=moved, use_buffers=True).requires_grad_(False)

@@ -1,8 +1,6 @@
 """The GAN system: two optimizers stepped by hand in Lightning 1.x's ``frequency`` order (WGAN-GP ``n_critic``).
-
-1.x took ``({"optimizer": d_opt, "frequency": n_critic}, {"optimizer": g_opt, "frequency": n_generator})`` and gave
-``training_step`` one optimizer per batch; 2.x has no ``frequency``: ``training_step`` makes 1.x's choice itself
-(``model.is_critic_batch``) and steps that optimizer alone. The samples' grid and score are in ``callbacks.py``."""
+2.x has no ``frequency``: ``training_step`` makes 1.x's choice of optimizer itself (``model.is_critic_batch``)
+and steps that one alone. The samples' grid and score are in ``callbacks.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import LinearLR
 
@@ -42,8 +39,7 @@ class GAN(pl.LightningModule):
         grid_every_n_epochs: draw the grid after every N-th training epoch (and after the last).
         grid_scale: each image pixel becomes ``grid_scale`` x ``grid_scale`` pixels in the PNG.
         judge: score the samples at each validation with a judge trained on the data's own labelled images.
-        judge_samples: generated images scored at each validation.
-    """
+        judge_samples: generated images scored at each validation."""
 
     def __init__(
         self,
@@ -87,31 +83,24 @@ class GAN(pl.LightningModule):
         self.register_buffer("fixed_latents", latents)
         self.last_batch_idx = -1
 
-    # --- the pattern: n_critic critic batches, then n_generator generator batches, one optimizer each ---
-
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         real, hp = batch[0], self.hparams
-        critic = is_critic_batch(
-            batch_idx, hp.n_critic, hp.n_generator
-        )  # batch_idx: within the epoch, as 1.x
+        critic = is_critic_batch(batch_idx, hp.n_critic, hp.n_generator)  # batch_idx: within the epoch
         optimizer = self.optimizers()[0 if critic else 1]
-        # every parameter outside this optimizer gets requires_grad=False until untoggle: no gradient for the
-        # other network (gradients still flow *through* the critic into the generator), and no step
-        self.toggle_optimizer(optimizer)
         z = torch.randn(len(real), hp.latent_dim, device=self.device)  # the global state: restored on resume
-        if critic:
-            with torch.no_grad():
-                fake = self.generator(z)
-            loss, parts = critic_loss(self.discriminator, real, fake, hp.loss, hp.gp_weight)
-        else:
-            loss, parts = generator_loss(self.discriminator, self.generator(z), hp.loss), {}
-        optimizer.zero_grad()
-        # the backward outside autocast, as PyTorch's AMP recipe has it: Lightning runs training_step inside
-        # autocast, where the gradient penalty's double backward would run in half precision
-        with torch.autocast(self.device.type, enabled=False):
-            self.manual_backward(loss)
-        optimizer.step()
-        self.untoggle_optimizer(optimizer)
+        # inside, the other net gets no gradient (the generator's still flows *through* the critic), no step
+        with self.toggled_optimizer(optimizer):
+            if critic:
+                with torch.no_grad():
+                    fake = self.generator(z)
+                loss, parts = critic_loss(self.discriminator, real, fake, hp.loss, hp.gp_weight)
+            else:
+                loss, parts = generator_loss(self.discriminator, self.generator(z), hp.loss), {}
+            optimizer.zero_grad()
+            # outside autocast (PyTorch's AMP recipe), or the penalty's double backward runs in half precision
+            with torch.autocast(self.device.type, enabled=False):
+                self.manual_backward(loss)
+            optimizer.step()
         if not critic and self.generator_ema is not None:
             self.generator_ema.update_parameters(self.generator)
         self.last_batch_idx = batch_idx
@@ -144,19 +133,15 @@ class GAN(pl.LightningModule):
     def on_train_start(self) -> None:
         if not self.trainer.fast_dev_run and self.trainer.num_training_batches <= self.hparams.n_critic:
             rank_zero_warn(
-                f"An epoch has {self.trainer.num_training_batches} batches and the cycle starts every epoch "
-                f"with n_critic={self.hparams.n_critic} critic batches (as in 1.x): the generator never "
-                "steps. Use more batches per epoch (limit_train_batches) or a smaller n_critic."
+                f"An epoch of {self.trainer.num_training_batches} batches, each starting with n_critic="
+                f"{self.hparams.n_critic} critic batches (as in 1.x): the generator never steps. Use more "
+                "batches per epoch (limit_train_batches) or a smaller n_critic."
             )
 
-    def configure_callbacks(self) -> list[Callback]:
+    def configure_callbacks(self) -> list[pl.Callback]:
         grid = SampleGrid(self.hparams.grid_every_n_epochs, self.hparams.grid_scale)
         return [grid, SampleQuality(self.hparams.judge_samples)] if self.hparams.judge else [grid]
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.render(z)  # the samples: from the average generator, in eval mode
-
-    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images in [-1, 1] as an ``(n, C, H, W)`` tensor."""
         z = torch.randn(
@@ -172,6 +157,8 @@ class GAN(pl.LightningModule):
         images = generator.eval()(z).float()
         generator.train(was_training)
         return images
+
+    forward = render  # model(z): the samples for latents z
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Nothing to compute: ``SampleQuality`` reads the real images of each validation batch."""
