@@ -64,7 +64,9 @@ def test_a_learning_rate_given_with_the_checkpoint_takes_effect_and_is_recorded(
     expected = [0.5 * (1 + math.cos(math.pi * epoch / 4)) / 2 for epoch in (2, 3)]
     assert epoch_lrs(resumed.trainer.log_dir)[2:] == pytest.approx(expected)
     assert resumed.model.hparams.lr == 0.5
-    recorded = yaml.safe_load((Path(resumed.trainer.log_dir) / "config.yaml").read_text())
+    (recorded,) = (
+        yaml.safe_load(p.read_text()) for p in Path(resumed.trainer.log_dir).glob("config-resumed-*")
+    )
     assert recorded["model"]["lr"] == 0.5 and recorded["trainer"]["max_epochs"] == 4
 
 
