@@ -35,11 +35,10 @@ from shared.errors import Interrupted, UserError, reported, require
 from shared.resume import GracefulStop, LastCheckpoint, RandomState, ResumeSettings
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")  # Lightning's
-warnings.filterwarnings(
-    "ignore", message="LightningCLI's args parameter is intended"
-)  # args are sys.argv here
-# Lightning's advertisement for its cloud ("💡 Tip: ... litlogger") in every run: a run prints what its user needs
+# a run prints what its user needs: not Lightning's own deprecation, not the warning that args are sys.argv (they
+# are, here), not Lightning's advertisement for its cloud ("💡 Tip: ... litlogger")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in str(r.msg))
 # a class path as Lightning's docs spell it, ``lightning.pytorch.X``, read as ``pytorch_lightning.X``: the same class
 # (the ``lightning`` package, where installed, has classes of its own), in flags and in config files
@@ -70,28 +69,22 @@ class Trainer(pl.Trainer):
         val_check_interval: int | float | str | dict[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        every, clip = kwargs.get("accumulate_grad_batches"), kwargs.get("gradient_clip_val")
+        every, clip, epochs = (
+            kwargs.get(k) for k in ("accumulate_grad_batches", "gradient_clip_val", "max_epochs")
+        )
         never = f"--trainer.accumulate_grad_batches={every} would never step"
         require(every is None or every >= 1, f"{never}: set it to 1 or more.")
         flips = "which flips the gradients (training climbs the loss): set it above 0, or 0 for no clipping"
         require((clip or 0) >= 0, f"--trainer.gradient_clip_val={clip} is negative, {flips}.")
-        epochs, until = (
-            kwargs.get("max_epochs"),
-            "set it to the epochs to train (or -1 to train until max_steps)",
-        )
+        until = "set it to the epochs to train (or -1 to train until max_steps)"
         require(
             epochs in (None, -1) or epochs >= 1, f"--trainer.max_epochs={epochs} trains nothing: {until}."
         )
-        gpu = kwargs.get("accelerator") in ("gpu", "cuda")
-        require(
-            not gpu or torch.cuda.is_available(),
-            "torch sees no GPU here: use --trainer.accelerator=auto or cpu.",
-        )
-        limits = {"limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches}
-        limits |= {"limit_test_batches": limit_test_batches, "limit_predict_batches": limit_predict_batches}
-        super().__init__(
-            overfit_batches=overfit_batches, val_check_interval=val_check_interval, **limits, **kwargs
-        )
+        gpu = kwargs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available()
+        require(not gpu, "torch sees no GPU here: use --trainer.accelerator=auto or cpu.")
+        kwargs |= {"limit_train_batches": limit_train_batches, "limit_val_batches": limit_val_batches}
+        kwargs |= {"limit_test_batches": limit_test_batches, "limit_predict_batches": limit_predict_batches}
+        super().__init__(overfit_batches=overfit_batches, val_check_interval=val_check_interval, **kwargs)
 
 
 class SystemCLI(LightningCLI):
@@ -113,18 +106,16 @@ class SystemCLI(LightningCLI):
         settings = {"allow_abbrev": False, "exit_on_error": False, "parser_mode": "systems"}
         config_file = Path(inspect.getfile(model)).with_name(config or "config.yaml")
         defaults = {**settings, "default_config_files": [config_file]}
-        callbacks = [RandomState(), LastCheckpoint(), ResumeSettings(), GracefulStop(), PredictionWriter()]
-        callbacks.append(MetricsOnDisk())
+        resume = [RandomState(), LastCheckpoint(), ResumeSettings(), GracefulStop()]  # the kit's exact resume
+        callbacks = [*resume, MetricsOnDisk(), PredictionWriter()]
         options = {"subclass_mode_data": True, "trainer_class": Trainer, "seed_everything_default": 42}
         options |= {"trainer_defaults": {"callbacks": callbacks}, "save_config_kwargs": {"overwrite": False}}
+        options["auto_configure_optimizers"] = False  # the systems configure their own
         options["parser_kwargs"] = {**settings, **dict.fromkeys(SUBCOMMANDS, defaults)} if run else defaults
-        options |= {"auto_configure_optimizers": False}  # the systems configure their own
         with reported(self.remove_what_was_written):
             try:
                 super().__init__(model, pl.LightningDataModule, args=args, run=run, **options)
-            except (
-                Interrupted
-            ) as stop:  # SLURM's warning before the time limit: the job starts again, resumes
+            except Interrupted as stop:  # SLURM's warning before its time limit: the job is started again
                 if stop.signum == signal.SIGUSR1 and stop.saved and SLURMEnvironment.detect():
                     stop.then = _requeue(stop.saved) if rank_zero_only.rank == 0 else None
                 raise
@@ -138,11 +129,10 @@ class SystemCLI(LightningCLI):
             parser.link_arguments(f"data.{fact}", f"model.{argument}", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(
-            parser, args
-        )  # then the seed and --ckpt_path, checked before anything is built
+        # then the seed and --ckpt_path, checked before anything is built (run=False: no subcommand)
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else self.config  # run=False: no subcommand
+        config = self.config[subcommand] if subcommand else self.config
         seed, path, root = (
             config.get("seed_everything"),
             config.get("ckpt_path"),
@@ -152,23 +142,18 @@ class SystemCLI(LightningCLI):
         require(
             seed is None or isinstance(seed, bool) or 0 <= seed < 2**32, f"--seed_everything={seed} {numpy}."
         )
-        require(
-            path != "", "--ckpt_path is empty (an unset shell variable?): pass a checkpoint file, or no flag."
-        )
+        require(path != "", "--ckpt_path is empty (an unset shell variable?): pass a checkpoint, or no flag.")
         runs = Path(root or ".") / "lightning_logs" / self.name
         if path == "last":
             config.ckpt_path = path = _newest(runs.glob("version_*"))
-            require(
-                path is not None,
-                f"--ckpt_path=last found no checkpoint under {runs}: train first, or pass one.",
-            )
+            require(path is not None, f"--ckpt_path=last found no checkpoint under {runs}: train first.")
         if path is None and SLURMEnvironment.detect():
             stale = ", ".join(str(p) for p in Path(root or ".").glob("hpc_ckpt_*.ckpt"))
             plugin = (
                 f"Lightning's SLURM plug-in would resume {stale} by itself, a file this run did not write"
             )
             require(not stale, f"{plugin}: move it away, or pass it with --ckpt_path to resume from it.")
-            if subcommand == "fit" and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:  # a requeued job
+            if subcommand == "fit" and int(os.environ.get("SLURM_RESTART_COUNT", 0)) > 0:  # requeued: its own
                 config.ckpt_path = path = _newest(
                     p.parent for p in runs.glob("version_*/slurm_job") if _ours(p)
                 )
@@ -183,9 +168,7 @@ class SystemCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         if self.checkpoint is not None:  # what differs from it is said; weights that do not fit are refused
             saved, hp = self.checkpoint.get("hyper_parameters", {}), self.model.hparams
-            text = partial(
-                json.dumps, default=str
-            )  # a checkpoint keeps the hyper-parameters' tuples as lists
+            text = partial(json.dumps, default=str)  # compared as text: a checkpoint keeps tuples as lists
             changed = {k: saved[k] for k, v in hp.items() if k in saved and text(saved[k]) != text(v)}
             if changed:
                 said = ", ".join(f"model.{k} {v} -> {hp[k]}" for k, v in changed.items())
@@ -215,31 +198,28 @@ class SystemCLI(LightningCLI):
         a new one, or the one of the checkpoint ``fit`` resumes, whose metrics go on from where it was written."""
         path = Path(self.config.fit.ckpt_path) if self.subcommand == "fit" and self.checkpoint else None
         folder = path.resolve().parent.parent if path and path.parent.name == "checkpoints" else None
-        step = None
+        rows, step = [], None
         if folder is None or folder.parent != (root / self.name).resolve() or self.config.fit.new_run_folder:
             folder = root / self.name / f"version_{self._claim_version(root / self.name)}"
         else:  # metrics.csv keeps the rows logged before the checkpoint; TensorBoard hides those after
-            metrics = folder / "metrics.csv"
-            self.continued = (
-                folder,
-                set(folder.rglob("*")),
-                metrics.read_bytes() if metrics.is_file() else None,
+            metrics = (folder / "metrics.csv").read_bytes() if (folder / "metrics.csv").is_file() else None
+            self.continued, rows = (
+                (folder, set(folder.rglob("*")), metrics),
+                kept_rows(self.checkpoint, metrics),
             )
+            step = max((int(row["step"]) for row in rows), default=-1) + 1
             self.save_config_kwargs["config_filename"] = (
                 f"config-resumed-at-step-{self.checkpoint['global_step']}.yaml"
             )
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        rows = kept_rows(self.checkpoint, self.continued[2]) if self.continued else []
-        step = max((int(row["step"]) for row in rows), default=-1) + 1 if self.continued else None
         options = {"save_dir": root, "name": self.name, "version": int(folder.name.removeprefix("version_"))}
         logs = [TensorBoardLogger(**options, default_hp_metric=False, purge_step=step), CSVLogger(**options)]
-        if rows and rank_zero_only.rank == 0:  # the CSV writer has deleted the file: the rows go back at once
-            for row in rows:
-                logs[1].experiment.log_metrics(
-                    {k: v for k, v in row.items() if v and k != "step"}, int(row["step"])
-                )
-            logs[1].save()
+        for row in rows if rank_zero_only.rank == 0 else ():  # the CSV writer deleted the file: rows go back
+            logs[1].experiment.log_metrics(
+                {k: v for k, v in row.items() if v and k != "step"}, int(row["step"])
+            )
+        logs[1].save()
         if SLURMEnvironment.detect() and rank_zero_only.rank == 0:  # what a requeued job resumes from
             (folder / "slurm_job").write_text(_slurm_job())
         return logs
@@ -351,11 +331,7 @@ class MetricsOnDisk(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
     ) -> None:
         self.on_train_epoch_start(trainer, pl_module)
-        files = [
-            Path(logger.log_dir) / "metrics.csv"
-            for logger in trainer.loggers
-            if isinstance(logger, CSVLogger)
-        ]
+        files = [Path(log.log_dir) / "metrics.csv" for log in trainer.loggers if isinstance(log, CSVLogger)]
         checkpoint["metrics_rows"] = sum(len(f.read_text().splitlines()) - 1 for f in files if f.is_file())
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
