@@ -155,7 +155,9 @@ def test_a_copied_system_trains_and_resumes_after_ctrl_c_exactly(system: str, tm
     assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
     interrupted = project / "lightning_logs" / system / "version_1/checkpoints/interrupted.ckpt"
     assert (resumed := train("train", f"--ckpt_path={interrupted}")).returncode == 0, resumed.stderr[-3000:]
-    runs = [project / "lightning_logs" / system / f"version_{n}/checkpoints/last.ckpt" for n in (0, 2)]
+    # the resume went on in the stopped run's folder, version_1
+    runs = [project / "lightning_logs" / system / f"version_{n}/checkpoints/last.ckpt" for n in (0, 1)]
+    assert not (project / "lightning_logs" / system / "version_2").exists()
     first, last = (torch.load(p, weights_only=True)["state_dict"] for p in (runs[0], runs[-1]))
     assert (
         torch.load(runs[-1], weights_only=True)["global_step"]

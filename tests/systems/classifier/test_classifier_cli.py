@@ -102,18 +102,24 @@ def start(tmp_path: Path, *flags: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_from_last_ckpt_as_if_never_stopped(tmp_path: Path) -> None:
-    process = start(tmp_path)
+    process = start(tmp_path, "--trainer.log_every_n_steps=1")
     last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
     wait_for(last, process)
+    time.sleep(0.3)  # into the next epoch, some of whose rows CSVLogger may have flushed
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
     # resumed with max_epochs, not max_steps: max_steps on a resume from an end-of-epoch checkpoint re-runs
     # on_train_epoch_end without validation metrics (Lightning issue #19617) and EarlyStopping raises
-    resumed = main([*LONG_RUN, f"--ckpt_path={last}"])
-    straight = main(LONG_RUN)
+    resumed = main([*LONG_RUN, "--trainer.log_every_n_steps=1", f"--ckpt_path={last}"])
+    straight = main([*LONG_RUN, "--trainer.log_every_n_steps=1"])
     assert resumed.trainer.global_step == straight.trainer.global_step
     assert_same_weights(resumed.model, straight.model)
+    # the resume went on in version_0: its metrics.csv is the uninterrupted run's, row for row, each once
+    folders = [Path(cli.trainer.log_dir) for cli in (resumed, straight)]
+    assert [f.name for f in folders] == ["version_0", "version_1"]
+    rows = [(f / "metrics.csv").read_text().splitlines() for f in folders]
+    assert rows[0] == rows[1] and len(rows[0]) > 100
 
 
 @pytest.mark.slow
