@@ -19,10 +19,13 @@ from shared.errors import UserError, require
 _DATASETS = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
 # per-channel mean and std of the 60,000 training images in [0, 1]
 _STATS = {"mnist": ((0.1307,), (0.3081,)), "fashion_mnist": ((0.2860,), (0.3530,))}
+# Debian's dataset-fashion-mnist puts the whole of Fashion-MNIST here (70,000 images, MIT): read offline
+PACKAGED = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST or Fashion-MNIST (28x28 grey images, 10 classes), downloaded into ``data_dir`` when online.
+    """MNIST or Fashion-MNIST (28x28 grey images, 10 classes), downloaded into ``data_dir`` when online;
+    Fashion-MNIST is unpacked from Debian's ``dataset-fashion-mnist`` where that is installed, offline.
 
     Args:
         dataset: ``mnist`` or ``fashion_mnist``.
@@ -77,18 +80,22 @@ class MNISTDataModule(ImageDataModule):
 
     def _missing_error(self, reason: str) -> UserError:
         files = ", ".join(self._file_names())
+        package = "install Debian's dataset-fashion-mnist (`apt-get install dataset-fashion-mnist`), "
+        install = package if self.dataset in PACKAGED else ""
         return UserError(
             f"{_DATASETS[self.dataset].__name__} is not in {self.raw_folder} and {reason}. Put the four idx "
-            f"files there ({files}), or train offline on the bundled digits with "
+            f"files there ({files}), {install}or train offline on the bundled digits with "
             "--data=datamodules.DigitsDataModule."
         )
 
     def prepare_data(self) -> None:
-        """Unpack ``.gz`` files found in the raw folder, else download once per node; offline, fail with one
-        sentence instead of a stack of retries, leaving no empty folders behind."""
+        """Unpack ``.gz`` files found in the raw folder or the system package's, else download once per node;
+        offline, fail with one sentence instead of a stack of retries, leaving no empty folders behind."""
+        folders = [self.raw_folder, PACKAGED.get(self.dataset, self.raw_folder)]
         for name in self._file_names():
-            packed = self.raw_folder / f"{name}.gz"
-            if not (self.raw_folder / name).is_file() and packed.is_file():
+            packed = next((f / f"{name}.gz" for f in folders if (f / f"{name}.gz").is_file()), None)
+            if packed is not None and not (self.raw_folder / name).is_file():
+                self.raw_folder.mkdir(parents=True, exist_ok=True)
                 _gunzip(packed, self.raw_folder / name)
         if self._files_present():
             return

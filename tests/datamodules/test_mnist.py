@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.datasets import MNIST
 
-from datamodules import MNISTDataModule
+from datamodules import MNISTDataModule, mnist
 from shared.errors import UserError
 
 
@@ -65,6 +65,34 @@ def test_fashion_mnist_resized_to_32_in_minus_one_to_one(tmp_path: Path) -> None
     assert data.dims == (1, 32, 32) and x.shape == (1, 32, 32)
     assert torch.allclose(x, torch.ones_like(x))
     assert data.mean == pytest.approx((2 * 0.2860 - 1,))
+
+
+def test_fashion_mnist_is_read_offline_from_the_debian_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dataset-fashion-mnist's four .gz files, where Debian puts them: unpacked into data_dir, nothing downloaded."""
+    packaged = tmp_path / "usr/share/datasets/fashion-mnist"
+    fake_mnist(tmp_path / "plain", folder_name="FashionMNIST")
+    packaged.mkdir(parents=True)
+    for path in (tmp_path / "plain/FashionMNIST/raw").iterdir():
+        (packaged / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    monkeypatch.setattr(mnist, "PACKAGED", {"fashion_mnist": packaged})
+    data = MNISTDataModule(
+        dataset="fashion_mnist", data_dir=str(tmp_path / "data"), download=False, val_size=10
+    )
+    data.prepare_data()
+    data.setup("fit")
+    assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (50, 10, 20)
+    assert sorted(p.name for p in data.raw_folder.iterdir()) == sorted(p.stem for p in packaged.iterdir())
+
+
+def test_without_the_package_fashion_mnist_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mnist, "PACKAGED", {"fashion_mnist": tmp_path / "not-installed"})
+    data = MNISTDataModule(dataset="fashion_mnist", data_dir=str(tmp_path / "data"), download=False)
+    with pytest.raises(
+        UserError, match=r"install Debian's dataset-fashion-mnist \(`apt-get install dataset-"
+    ):
+        data.prepare_data()
 
 
 def test_missing_files_without_download_name_the_fix(tmp_path: Path) -> None:
