@@ -12,18 +12,9 @@ import pytest
 import torch
 
 from systems.classifier.train import main
-from tests.helpers import QUIET, ROOT, assert_same_weights, refused, send_signal
+from tests.helpers import ROOT, assert_same_weights, refused, send_signal
+from tests.shared.test_interruptions import FOLDER, RUN
 
-RUN = [
-    "fit",
-    *QUIET,
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=5",
-    "--trainer.limit_val_batches=2",
-    "--trainer.deterministic=true",
-    "--test_after_fit=false",
-]
-FOLDER = Path("lightning_logs/classifier")
 SLURM = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
 SLURM |= {"SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
 
