@@ -138,10 +138,8 @@ class SystemCLI(LightningCLI):
             config.get("ckpt_path"),
             config.trainer.default_root_dir,
         )
-        numpy = f"is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there"
-        require(
-            seed is None or isinstance(seed, bool) or 0 <= seed < 2**32, f"--seed_everything={seed} {numpy}."
-        )
+        numpy = f"--seed_everything={seed} is outside 0 to {2**32 - 1}, the seeds numpy takes: pick one there"
+        require(seed is None or isinstance(seed, bool) or 0 <= seed < 2**32, f"{numpy}.")
         require(path != "", "--ckpt_path is empty (an unset shell variable?): pass a checkpoint, or no flag.")
         runs = Path(root or ".") / "lightning_logs" / self.name
         if path == "last":

@@ -43,7 +43,6 @@ def fetch_or_explain(
         for path in made:  # deepest first
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
-        last = str(error).strip().splitlines()[-1:] or [
-            type(error).__name__
-        ]  # the cause, not the library's story
-        raise missing(f"it could not be downloaded (no network? {last[0].strip('<>')})") from error
+        # the library's last line names the cause; the rest of its story stays in the chained exception
+        cause = (str(error).strip().splitlines() or [type(error).__name__])[-1].strip("<>")
+        raise missing(f"it could not be downloaded (no network? {cause})") from error
