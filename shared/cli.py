@@ -201,13 +201,14 @@ class SystemCLI(LightningCLI):
             folder = root / self.name / f"version_{self._claim_version(root / self.name)}"
         else:  # metrics.csv keeps the rows logged before the checkpoint; TensorBoard hides those after
             metrics = (folder / "metrics.csv").read_bytes() if (folder / "metrics.csv").is_file() else None
-            self.continued, rows = (
-                (folder, set(folder.rglob("*")), metrics),
-                kept_rows(self.checkpoint, metrics),
-            )
+            self.continued = folder, set(folder.rglob("*")), metrics
+            rows = kept_rows(self.checkpoint, metrics)
             step = max((int(row["step"]) for row in rows), default=-1) + 1
+            # config.yaml stays the first part's; each resume's beside it (a second from the same step: "-2")
+            resumed = f"config-resumed-at-step-{self.checkpoint['global_step']}"
+            earlier = len(list(folder.glob(f"{resumed}*.yaml")))
             self.save_config_kwargs["config_filename"] = (
-                f"config-resumed-at-step-{self.checkpoint['global_step']}.yaml"
+                f"{resumed}{f'-{earlier + 1}' if earlier else ''}.yaml"
             )
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")

@@ -238,6 +238,22 @@ def test_a_resume_continues_its_run_folder_with_the_metrics_of_a_run_that_never_
     ]
 
 
+def test_a_second_resume_from_the_same_checkpoint_continues_the_folder_again() -> None:
+    """Resumed twice from one interrupted.ckpt (the first resume judged wrong, here its learning rate): the second
+    replaces the first's continuation, its configuration beside the first's, and ends as the uninterrupted run."""
+    straight = main(RUN)
+    _, checkpoint = interrupted(send_signal("train_batch_end", 1, 1))
+    main([*RUN, f"--ckpt_path={checkpoint}", "--model.lr=0.5"])
+    resumed = main([*RUN, f"--ckpt_path={checkpoint}"])
+    assert_same_weights(resumed.model, straight.model)
+    folder = checkpoint.parent.parent
+    assert sorted(p.name for p in folder.glob("config-resumed-*")) == [
+        "config-resumed-at-step-7-2.yaml",
+        "config-resumed-at-step-7.yaml",
+    ]
+    assert logged_steps(folder) == logged_steps(straight.trainer.log_dir)
+
+
 def test_a_resume_writes_into_a_new_run_folder_when_asked() -> None:
     _, checkpoint = interrupted(send_signal("train_batch_end", 1, 1))
     resumed = main([*RUN, f"--ckpt_path={checkpoint}", "--new_run_folder=true"])
