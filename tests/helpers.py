@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -22,6 +23,17 @@ QUIET = [
     "--trainer.enable_model_summary=false",
     "--trainer.num_sanity_val_steps=0",
 ]
+
+
+def real_data(path: str | Path, installs: str) -> Path:
+    """``path``, a file or folder that a Debian package or an extra installs (``installs`` says how); without it the
+    test skips, except in CI, which installs them all and sets ``SYSTEMS_REAL_DATA=required``: there it fails."""
+    if Path(path).exists():
+        return Path(path)
+    reason = f"{path} is absent: {installs}"
+    if os.environ.get("SYSTEMS_REAL_DATA") == "required":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def run_module(
