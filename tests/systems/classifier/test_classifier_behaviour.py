@@ -137,6 +137,23 @@ def test_checkpoint_round_trip_gives_the_same_predictions_and_takes_overrides() 
     assert torch.equal(overridden.net.head[1].weight, loaded.net.head[1].weight)
 
 
+def test_channels_last_keeps_the_outputs_and_trains_in_nhwc() -> None:
+    torch.manual_seed(0)
+    nchw, nhwc = Classifier(image_shape=(1, 28, 28)), Classifier(image_shape=(1, 28, 28), channels_last=True)
+    nhwc.load_state_dict(nchw.state_dict())
+    x = torch.rand(4, 1, 28, 28)
+    maps = []  # the first block's output: one grey channel is the same in either layout, 32 are not
+    nhwc.net.features[0].register_forward_hook(lambda module, args, out: maps.append(out))
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.eval()(x), nchw.eval()(x), rtol=1e-5, atol=1e-5)
+    channels_last = [w for w in nhwc.parameters() if w.dim() == 4]
+    assert channels_last and all(w.is_contiguous(memory_format=torch.channels_last) for w in channels_last)
+    assert maps[0].is_contiguous(memory_format=torch.channels_last) and not maps[0].is_contiguous()
+    trainer = quick_trainer(precision="bf16-mixed")
+    trainer.fit(Classifier(channels_last=True), datamodule=DigitsDataModule())
+    assert trainer.global_step == 2
+
+
 def test_predict_writes_probabilities_for_the_test_split() -> None:
     main(["fit", *SHORT])
     main(["predict", *QUIET, "--ckpt_path=lightning_logs/classifier/version_0/checkpoints/last.ckpt"])
