@@ -13,11 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import DigitsDataModule
+from datamodules.mnist import PACKAGED
 from shared.errors import UserError
 from systems.classifier import Classifier
 from systems.classifier.model import TypeAsNormalize
 from systems.classifier.train import main
-from tests.helpers import QUIET
+from tests.helpers import QUIET, ROOT, real_data
 
 SHORT = [
     *QUIET,
@@ -280,6 +281,15 @@ def test_bad_hyperparameters_are_refused_with_the_fix() -> None:
 def test_the_default_run_learns_digits() -> None:
     cli = main(["fit", "--trainer.enable_progress_bar=false"])
     assert cli.trainer.callback_metrics["test/acc"] >= 0.95
+
+
+@pytest.mark.slow
+def test_config_fashion_learns_fashion_mnist_far_above_chance_in_100_batches() -> None:
+    real_data(PACKAGED["fashion_mnist"], "apt-get install dataset-fashion-mnist")
+    fashion = ["--config", str(ROOT / "systems/classifier/config_fashion.yaml")]
+    cli = main(["fit", *fashion, *QUIET, "--trainer.max_epochs=1", "--trainer.limit_train_batches=100"])
+    assert len(cli.datamodule.test_set) == 10_000
+    assert cli.trainer.callback_metrics["test/acc"] >= 0.7  # chance: 0.1
 
 
 def test_the_plain_loop_runs_on_its_own_and_learns() -> None:
