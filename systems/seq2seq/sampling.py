@@ -47,12 +47,8 @@ class TextSamples(pl.Callback):
     ) -> None:
         require(min(length, prompt_length) >= 1, "TextSamples' length and prompt_length must be 1 or more.")
         require(temperature > 0, f"TextSamples' temperature must be above 0, got {temperature}.")
-        self.length, self.prompt_length, self.temperature, self.seed = (
-            length,
-            prompt_length,
-            temperature,
-            seed,
-        )
+        self.length, self.prompt_length = length, prompt_length
+        self.temperature, self.seed = temperature, seed
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         data = trainer.datamodule
