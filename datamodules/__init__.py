@@ -7,7 +7,7 @@ from importlib import import_module
 from typing import Any
 
 _FILES = {"DigitsDataModule": "digits", "MNISTDataModule": "mnist", "CIFAR10DataModule": "cifar"}
-_FILES["SequenceDataModule"] = "sequences"
+_FILES |= {"SequenceDataModule": "sequences", "TextDataModule": "text"}
 __all__ = sorted(_FILES)
 
 

@@ -5,6 +5,7 @@ removed it; ``training_step`` does it by hand, under manual optimization (``plai
 from __future__ import annotations
 
 import copy
+import math
 from functools import partial
 from typing import Any
 
@@ -33,6 +34,9 @@ class Seq2Seq(pl.LightningModule):
         num_layers: LSTM layers of each net.
         truncated_bptt_steps: time steps per chunk, as 1.x's Trainer argument of that name.
         carry_states: pass the states on from chunk to chunk (TBPTT); False: each chunk afresh (the ablation).
+        carry_across_batches: the batches are contiguous streams (``TextDataModule``): each batch starts from the
+            state the one before left (reset at an epoch's start; in checkpoints), in training and evaluation;
+            evaluation then measures the loss and bits per token only. False: every batch afresh, as in 1.x.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         gradient_clip_val: clip each chunk's gradient norm to this (0: no clipping): manual optimization does not
@@ -48,6 +52,7 @@ class Seq2Seq(pl.LightningModule):
         num_layers: int = 1,
         truncated_bptt_steps: int = 32,
         carry_states: bool = True,
+        carry_across_batches: bool = False,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
         gradient_clip_val: float = 1.0,
@@ -68,9 +73,12 @@ class Seq2Seq(pl.LightningModule):
         # accuracy skips its argument checks, which would sync the GPU with the host at every batch
         accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
         self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy(validate_args=False)})
-        metrics = dict(loss=MeanMetric(), acc=accuracy(), acc_past_first_chunk=accuracy(), exact=MeanMetric())
+        metrics = dict(loss=MeanMetric(), bpc=MeanMetric(), acc=accuracy(), exact=MeanMetric())
+        metrics["acc_past_first_chunk"] = accuracy()
         self.eval_metrics = nn.ModuleDict({s: nn.ModuleDict(copy.deepcopy(metrics)) for s in ("val", "test")})
         self.val_examples: list[Tensor] = []  # 1.x's validation_epoch_end(outputs); freed there
+        self.carried: StreamState | None = None  # where the training streams stand, across batches
+        self.eval_carried: StreamState | None = None  # the same for validation and test
 
     def training_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         inputs, targets, lengths = batch
@@ -79,7 +87,8 @@ class Seq2Seq(pl.LightningModule):
             extra, pad = (0, longest - inputs.shape[1]), self.hparams.vocab_size
             inputs, targets = F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad)
         mask, optimizer = padding_mask(lengths, inputs.shape[1]), self.optimizers()
-        state = None  # as in 1.x, every batch starts a fresh stream
+        # as in 1.x, every batch starts a fresh stream; contiguous streams go on from the batch before
+        state = self.carried if self.hparams.carry_across_batches and batch_idx > 0 else None
         loss_sum, predictions = torch.zeros((), device=self.device), []
         for chunk in time_chunks(inputs.shape[1], self.hparams.truncated_bptt_steps):
             loss, logits, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
@@ -89,6 +98,7 @@ class Seq2Seq(pl.LightningModule):
             state = self.carry(state)
             loss_sum += loss.detach() * mask[:, chunk].sum()
             predictions.append(logits.detach().argmax(dim=-1))
+        self.carried = state if self.hparams.carry_across_batches else None
         # once per batch: a chunk may hold padding only (a short batch padded for DDP)
         self.train_metrics["loss"](loss_sum / mask.sum(), weight=mask.sum())
         self.train_metrics["acc"](torch.cat(predictions, dim=1)[mask], targets[mask])
@@ -102,6 +112,20 @@ class Seq2Seq(pl.LightningModule):
     def carry(self, state: StreamState) -> StreamState | None:
         """What the next chunk starts from: the state detached (gradients stop at the border), or nothing."""
         return detach_state(state) if self.hparams.carry_states else None
+
+    def on_fit_start(self) -> None:
+        n, across = self.trainer.world_size, self.hparams.carry_across_batches
+        fix = "batch j+1 continues batch j in one process only: train on one device"
+        require(n == 1 or not across, f"model.carry_across_batches needs one process, not {n}: {fix}.")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # a resume goes on from this state
+        state = self.carried
+        checkpoint["stream_state"] = state and [*state.encoder, *state.decoder, state.last_token]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if saved := checkpoint.get("stream_state"):
+            saved = [t.to(self.device) for t in saved]
+            self.carried = StreamState(tuple(saved[:2]), tuple(saved[2:4]), saved[4])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # each chunk's clip, here rather than in training_step: under 16-mixed Lightning unscales the gradients
@@ -129,37 +153,41 @@ class Seq2Seq(pl.LightningModule):
             logits.append(chunk_logits)
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
-    def _evaluate(self, batch: SequenceBatch, stage: str) -> Tensor:
-        """Validation's and test's step: the greedy stream's metrics, and the loss teacher-forced in chunks as
-        in training. Returns the stream's tokens."""
+    def _evaluate(self, batch: SequenceBatch, stage: str, batch_idx: int) -> Tensor | None:
+        """Validation's and test's step: the loss teacher-forced in chunks as in training (also in bits per token),
+        and the greedy stream's metrics, but not for contiguous streams (a text). Returns the stream's tokens."""
         (inputs, targets, lengths), k = batch, self.hparams.truncated_bptt_steps
         mask, metrics = padding_mask(lengths, inputs.shape[1]), self.eval_metrics[stage]
-        tokens, _ = self.stream(inputs)
-        metrics["acc"](tokens[mask], targets[mask])
-        if mask[:, k:].any():  # where every target depends on what earlier chunks saw
-            metrics["acc_past_first_chunk"](tokens[:, k:][mask[:, k:]], targets[:, k:][mask[:, k:]])
-        metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
-        state = None
+        across = self.hparams.carry_across_batches
+        state, tokens = self.eval_carried if across and batch_idx > 0 else None, None
         for chunk in time_chunks(inputs.shape[1], k):
             loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
             metrics["loss"].update(loss, weight=mask[:, chunk].sum())
+            metrics["bpc"].update(loss / math.log(2), weight=mask[:, chunk].sum())
             state = self.carry(state)
-        for name, metric in metrics.items():
-            self.log(f"{stage}/{name}", metric, prog_bar=stage == "val" and name == "acc")
+        self.eval_carried = state if across else None
+        if not across:  # in a text the greedy stream would feed the decoder its guesses of the inputs
+            tokens, _ = self.stream(inputs)
+            metrics["acc"](tokens[mask], targets[mask])
+            if mask[:, k:].any():  # where every target depends on what earlier chunks saw
+                metrics["acc_past_first_chunk"](tokens[:, k:][mask[:, k:]], targets[:, k:][mask[:, k:]])
+            metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
+        for name in ("loss", "bpc") if across else metrics:
+            self.log(f"{stage}/{name}", metrics[name], prog_bar=stage == "val" and name in ("acc", "bpc"))
         return tokens
 
     def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        tokens = self._evaluate(batch, "val")
-        if batch_idx == 0:  # the first sequences: inputs, targets, lengths and decoded tokens
+        tokens = self._evaluate(batch, "val", batch_idx)
+        if batch_idx == 0 and tokens is not None:  # the first sequences: inputs, targets, lengths, outputs
             self.val_examples = [t[: self.hparams.num_examples].cpu() for t in (*batch, tokens)]
 
     def on_validation_epoch_end(self) -> None:
         examples, self.val_examples, hp = self.val_examples, [], self.hparams
-        if hp.num_examples:
+        if hp.num_examples and examples:
             write_decodings(self.trainer, examples, hp.vocab_size, hp.truncated_bptt_steps)
 
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> list[Tensor]:
         """Whole sequences streamed in chunks, from ``(inputs, targets, lengths)`` or bare inputs (B, T): each one's
