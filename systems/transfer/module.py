@@ -22,9 +22,10 @@ from systems.transfer.weights import (
 
 
 class TransferLearner(pl.LightningModule):
-    """A pretrained ``backbone`` (a ResNet or EfficientNet-lite0), frozen, under a new trainable linear ``head``. Frozen means four things, all
-    on this first screen: ``requires_grad=False``; features computed under ``no_grad``; only trainable parameters in
-    the optimizer; eval mode every epoch, so BatchNorm keeps its statistics (unless ``bn_policy`` says otherwise).
+    """A pretrained ``backbone`` (a ResNet or EfficientNet-lite0), frozen, under a new trainable linear ``head``.
+    Frozen means four things, all on this first screen: ``requires_grad=False``; features computed under
+    ``no_grad``; only trainable parameters in the optimizer; eval mode every epoch, so BatchNorm keeps its
+    statistics (unless ``bn_policy`` says otherwise).
 
     Args:
         num_classes: classes of the target task (linked from the datamodule).
@@ -155,8 +156,8 @@ def check(hp: Any) -> None:
     require(hp.num_classes >= 2, f"num_classes must be at least 2, got {hp.num_classes}.")
     require(
         hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0],
-        f"The backbone takes grey or RGB images with one mean and std per channel, got image_shape {hp.image_shape}, "
-        f"mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
+        f"The backbone takes grey or RGB images with one mean and std per channel, got image_shape "
+        f"{hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
     )
     names = weight_names(hp.arch)  # a path is checked when fit reads it
     named = hp.weights is None or not WEIGHT_NAME.fullmatch(hp.weights) or hp.weights in names
