@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from torch.utils.data import TensorDataset
+import torch
+from torch.utils.data import Subset, TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
 from datamodules.common import ImageDataModule, seeded_split, to_images
@@ -36,6 +37,8 @@ class MNISTDataModule(ImageDataModule):
         image_size: side length to resize to (e.g. 32 for a DCGAN), or null to keep 28.
         value_range: the pixel range the images come in: [0, 1] for classifiers, [-1, 1] for a GAN.
         val_size: images of the 60,000 training images held out for validation.
+        train_fraction: train on this share of the rest, ``round(train_fraction * n)`` images, the classes taking
+            turns (``labelled_subset``): e.g. 0.01 for 1% of the labels. Validation and test stay whole.
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         num_workers: DataLoader worker processes (the data is a tensor in memory: 0 is fastest).
         seed: seed of the train/val split and of the shuffle.
@@ -53,17 +56,19 @@ class MNISTDataModule(ImageDataModule):
         image_size: int | None = None,
         value_range: tuple[float, float] = (0.0, 1.0),
         val_size: int = 5000,
+        train_fraction: float = 1.0,
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
         require(val_size >= 0, f"data.val_size must be 0 or more, got {val_size}.")
+        require(0 < train_fraction <= 1, f"data.train_fraction must be in (0, 1], got {train_fraction}.")
         self.dataset = dataset
         self.data_dir = data_dir
         self.download = download
         self.download_timeout = download_timeout
-        self.val_size = val_size
+        self.val_size, self.train_fraction = val_size, train_fraction
         self.pixel_mean, self.pixel_std = _STATS[dataset]
         side = image_size or 28
         self.dims = (1, side, side)
@@ -134,7 +139,24 @@ class MNISTDataModule(ImageDataModule):
         self.train_set, self.val_set = seeded_split(
             full_train, [len(full_train) - self.val_size, self.val_size], self.seed
         )
+        if self.train_fraction < 1:
+            count = max(1, round(self.train_fraction * len(self.train_set)))
+            labels = full_train.tensors[1][self.train_set.indices]
+            self.train_set = Subset(self.train_set, labelled_subset(labels, count, self.seed).tolist())
         self.test_set = as_dataset(test)
+
+
+def labelled_subset(labels: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """The indices of ``count`` samples, the classes taking turns, each in a seeded random order: the same in every
+    run and process, the classes as even as their sizes allow, and a smaller ``count`` a subset of a larger one's."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    turn = torch.empty_like(order)  # how many of its class come before a sample in that order
+    for label in labels.unique():
+        members = order[labels[order] == label]
+        turn[members] = torch.arange(len(members))
+    place = torch.empty_like(order)
+    place[order] = torch.arange(len(order))
+    return (turn * len(labels) + place).argsort()[:count]
 
 
 def _gunzip(packed: Path, target: Path) -> None:

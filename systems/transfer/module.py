@@ -7,29 +7,39 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
-from torchvision.models import get_model_weights
 
 from shared.errors import require
 from systems.transfer.callbacks import UnfreezeBackbone
 from systems.transfer.model import Arch, BNPolicy, Standardize, build_backbone, set_modes, unfreeze
-from systems.transfer.weights import PRETRAINED_BACKBONE, WEIGHT_NAME, load_weights, weight_file
+from systems.transfer.weights import (
+    PRETRAINED_BACKBONE,
+    WEIGHT_NAME,
+    input_stats,
+    load_weights,
+    weight_file,
+    weight_names,
+)
 
 
 class TransferLearner(pl.LightningModule):
-    """A pretrained ResNet ``backbone``, frozen, under a new trainable linear ``head``. Frozen means four things, all
-    on this first screen: ``requires_grad=False``; features computed under ``no_grad``; only trainable parameters in
-    the optimizer; eval mode every epoch, so BatchNorm keeps its statistics (unless ``bn_policy`` says otherwise).
+    """A pretrained ``backbone`` (a ResNet or EfficientNet-lite0), frozen, under a new trainable linear ``head``.
+    Frozen means four things, all on this first screen: ``requires_grad=False``; features computed under
+    ``no_grad``; only trainable parameters in the optimizer; eval mode every epoch, so BatchNorm keeps its
+    statistics (unless ``bn_policy`` says otherwise).
 
     Args:
         num_classes: classes of the target task (linked from the datamodule).
         image_shape: ``(channels, height, width)`` of the images (linked); grey ones get three channels.
-        mean: per-channel mean of the images, standardised away before the backbone (linked).
+        mean: per-channel mean of the images, standardised away before the backbone (linked); named weights
+            replace it (and ``std``) with the mean and std of the input they were trained on.
         std: per-channel standard deviation of the images (linked).
-        arch: the torchvision ResNet.
+        arch: a torchvision ResNet or ``efficientnet_lite0``.
         weights: loaded when ``fit`` starts: a file (by default what ``pretrain`` exports), a weight name of ``arch``
-            (``IMAGENET1K_V1``), or null (random).
+            (a ResNet's ``IMAGENET1K_V1``; EfficientNet-lite0's ``IMAGENET1K``, from the ``pretrained`` extra), or
+            null (random).
         unfreeze_at_epoch: null: frozen throughout; 0: the unfrozen stages train from the start; N: they join then.
-        unfreeze_stages: the backbone's top stages that unfreezing trains, of five: 1 is ``layer4``, 5 all of it.
+        unfreeze_stages: the backbone's top stages that unfreezing trains, of five (model.py): 1 is a ResNet's
+            ``layer4``, 5 all of it.
         bn_policy: ``frozen``: BatchNorm's statistics and weights fixed even in unfrozen stages; ``train``: both
             adapt to the target data (needed from random weights).
         lr: AdamW learning rate of the head.
@@ -59,7 +69,7 @@ class TransferLearner(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check(self.hparams)  # what the types cannot say: the one block of checks, at the end of this file
-        self.normalize = Standardize(mean, std)
+        self.normalize = Standardize(*(input_stats(arch, weights) or (mean, std)))
         self.backbone, width = build_backbone(arch)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
         self.backbone.requires_grad_(False)  # frozen; unfreezing makes the top stages trainable (0: now)
@@ -146,15 +156,15 @@ def check(hp: Any) -> None:
     require(hp.num_classes >= 2, f"num_classes must be at least 2, got {hp.num_classes}.")
     require(
         hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0],
-        f"A ResNet takes grey or RGB images with one mean and std per channel, got image_shape {hp.image_shape}, "
-        f"mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
+        f"The backbone takes grey or RGB images with one mean and std per channel, got image_shape "
+        f"{hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
     )
-    names = [w.name for w in get_model_weights(hp.arch)] + ["DEFAULT"]  # a path is checked when fit reads it
+    names = weight_names(hp.arch)  # a path is checked when fit reads it
     named = hp.weights is None or not WEIGHT_NAME.fullmatch(hp.weights) or hp.weights in names
     require(named, f"{hp.arch} has no weights called {hp.weights}: use one of {', '.join(names)}, or a file.")
     at, stages = hp.unfreeze_at_epoch, hp.unfreeze_stages
     require(at is None or at >= 0, f"unfreeze_at_epoch must be null or 0 or more, got {at}.")
-    require(1 <= stages <= 5, f"unfreeze_stages must be 1 (layer4) to 5 (all), got {stages}.")
+    require(1 <= stages <= 5, f"unfreeze_stages must be 1 (the last stage) to 5 (all), got {stages}.")
     rates = f"lr={hp.lr}, backbone_lr={hp.backbone_lr}, dropout={hp.dropout}"
     require(
         hp.lr > 0 and hp.backbone_lr > 0 and 0 <= hp.dropout < 1,

@@ -160,3 +160,36 @@ def test_a_validation_split_larger_than_the_file_is_refused_with_the_sizes(tmp_p
     data = MNISTDataModule(data_dir=str(tmp_path / "data"), download=False, val_size=50)
     with pytest.raises(UserError, match=r"val_size=50 leaves none of the 40 training images .*below 40"):
         data.setup("fit")
+
+
+def test_train_fraction_takes_its_share_of_the_training_split_the_classes_taking_turns(
+    tmp_path: Path,
+) -> None:
+    """200 images, 100 held out: 10% is 10 training images, one of each class, the same in every datamodule with
+    the seed, a subset of 30%'s; validation and test stay whole."""
+    fake_mnist(tmp_path / "data", n_train=200)
+
+    def pixels(fraction: float, seed: int = 42) -> tuple[list[int], list[int], list[int]]:
+        data = MNISTDataModule(
+            data_dir=str(tmp_path / "data"), download=False, val_size=100, train_fraction=fraction, seed=seed
+        )
+        data.setup("fit")
+        train = [round(float(x[0, 0, 0]) * 255) for x, _ in data.train_set]
+        assert [y for _, y in data.train_set] == [value % 10 for value in train]  # image i has label i % 10
+        val = sorted(round(float(x[0, 0, 0]) * 255) for x, _ in data.val_set)
+        return train, val, [y for _, y in data.train_set]
+
+    tenth, val, labels = pixels(0.1)
+    assert len(tenth) == 10 and sorted(labels) == list(range(10))
+    assert pixels(0.1) == (tenth, val, labels)  # deterministic
+    third, third_val, third_labels = pixels(0.3)
+    assert len(third) == 30 and set(tenth) <= set(third) and third_val == val
+    assert all(third_labels.count(label) == 3 for label in range(10))
+    assert pixels(1.0)[1] == val and len(pixels(1.0)[0]) == 100
+    assert set(pixels(0.1, seed=7)[0]) != set(tenth)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5])
+def test_a_train_fraction_outside_0_to_1_is_refused(fraction: float) -> None:
+    with pytest.raises(UserError, match=r"train_fraction must be in \(0, 1\]"):
+        MNISTDataModule(train_fraction=fraction)

@@ -74,7 +74,7 @@ def test_train_without_a_pretrained_backbone_says_run_pretrain_first(
 @pytest.mark.parametrize(
     ("flag", "allowed"),
     [
-        ("--model.arch=resnet101", "'resnet18', 'resnet34', 'resnet50'"),
+        ("--model.arch=resnet101", "'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0'"),
         ("--model.bn_policy=adapt", "'frozen', 'train'"),
     ],
 )
