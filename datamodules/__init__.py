@@ -8,6 +8,7 @@ from typing import Any
 
 _FILES = {"DigitsDataModule": "digits", "MNISTDataModule": "mnist", "CIFAR10DataModule": "cifar"}
 _FILES |= {"SequenceDataModule": "sequences", "TextDataModule": "text"}
+_FILES |= dict.fromkeys(("ImageFolderDataModule", "LinesDataModule", "SamplesDataModule"), "own")
 __all__ = sorted(_FILES)
 
 

@@ -55,6 +55,7 @@ class CIFAR10DataModule(ImageDataModule):
     pixel_std = (0.2470, 0.2435, 0.2616)
     # what torchvision's CIFAR10 reads: five training batches, one test batch, the label names
     files = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+    names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
     def __init__(
         self,
@@ -82,6 +83,7 @@ class CIFAR10DataModule(ImageDataModule):
         self.val_size = val_size
         self.classes = list(classes) if classes is not None else list(range(10))
         self.num_classes = len(self.classes)
+        self.class_names = [self.names[i] for i in self.classes]
         side = image_size or 32
         self.dims = (3, side, side)
 

@@ -41,14 +41,16 @@ def seeded_split(dataset: Dataset, fractions: Sequence[float], seed: int) -> lis
 def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[float, float]) -> torch.Tensor:
     """``(N, C, H, W)`` intensities in [0, 1] as float images of ``image_size`` px in ``value_range``."""
     images = pixels.float()
-    if image_size is not None and image_size != images.shape[-1]:
+    if image_size is not None and (image_size, image_size) != tuple(images.shape[-2:]):
         images = F.interpolate(images, (image_size, image_size), mode="bilinear", antialias=True).clamp(0, 1)
     return images * (value_range[1] - value_range[0]) + value_range[0]
 
 
 class ImageDataModule(pl.LightningDataModule):
     """Labelled images in train, val and test splits, which subclasses make in ``setup``, with the facts a model
-    needs (``num_classes``, ``dims``, and ``mean``, ``std`` from ``pixel_mean``, ``pixel_std`` in [0, 1])."""
+    needs (``num_classes``, ``dims``, and ``mean``, ``std`` from ``pixel_mean``, ``pixel_std`` in [0, 1]) and the
+    ``class_names``. Its arguments are saved in every checkpoint, so that ``predict`` on one's own images can make
+    them as these were (``datamodules/own.py``)."""
 
     pixel_mean: tuple[float, ...] = (0.5,)
     pixel_std: tuple[float, ...] = (0.5,)
@@ -58,6 +60,9 @@ class ImageDataModule(pl.LightningDataModule):
         self, batch_size: int, num_workers: int, shuffle: bool, seed: int, size: Any, value_range: Any
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(
+            logger=False
+        )  # in checkpoints (``datamodule_hyper_parameters``), not the logs
         check_loader_arguments(batch_size, num_workers)
         low, high = value_range
         require(

@@ -57,6 +57,7 @@ class DigitsDataModule(ImageDataModule):
         self.fractions = [1.0 - val_fraction - test_fraction, val_fraction, test_fraction]
         self.classes, self.half = list(range(10)) if classes is None else list(classes), half
         self.num_classes, self.dims = len(self.classes), (1, image_size or 8, image_size or 8)
+        self.class_names = [str(digit) for digit in self.classes]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

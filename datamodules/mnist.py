@@ -70,6 +70,7 @@ class MNISTDataModule(ImageDataModule):
         self.download_timeout = download_timeout
         self.val_size, self.train_fraction = val_size, train_fraction
         self.pixel_mean, self.pixel_std = _STATS[dataset]
+        self.class_names = FashionMNIST.classes if dataset == "fashion_mnist" else [str(d) for d in range(10)]
         side = image_size or 28
         self.dims = (1, side, side)
 

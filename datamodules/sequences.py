@@ -73,6 +73,7 @@ class SequenceDataModule(pl.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(logger=False)  # in checkpoints, for ``predict`` on one's own lines (own.py)
         require(vocab_size >= 2, f"data.vocab_size must be 2 or more, got {vocab_size}.")
         lengths = f"data.min_length ({min_length}) and data.max_length ({max_length})"
         require(1 <= min_length <= max_length, f"{lengths} must satisfy 1 <= min_length <= max_length.")

@@ -87,6 +87,7 @@ class TextDataModule(pl.LightningDataModule):
         seed: int = 42,
     ) -> None:
         super().__init__()
+        self.save_hyperparameters(logger=False)  # in checkpoints, for ``predict`` on one's own lines (own.py)
         check_loader_arguments(batch_size, num_workers)
         require(seq_length >= 1, f"data.seq_length must be 1 or more, got {seq_length}.")
         fractions = f"data.val_fraction ({val_fraction}) and test_fraction ({test_fraction})"

@@ -157,6 +157,9 @@ class SystemCLI(LightningCLI):
                 )
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
+        data = config.get("data")
+        if subcommand == "predict" and "checkpoint" in getattr(data, "init_args", {}):  # one's own data
+            data.init_args.checkpoint = data.init_args.checkpoint or path
 
     def _parse_ckpt_path(self) -> None:
         """The one private method of Lightning this project overrides (``tests/test_private.py``): LightningCLI 2.5.5+
@@ -352,7 +355,8 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 class PredictionWriter(BasePredictionWriter):
-    """What ``predict`` returns, in ``predictions.pt`` in the run's folder (one file per process)."""
+    """What ``predict`` returns, in the run's folder: as the datamodule writes it where it can (one's own data,
+    ``datamodules/own.py``), else in ``predictions.pt`` (one file per process)."""
 
     def __init__(self) -> None:
         super().__init__(write_interval="epoch")
@@ -361,6 +365,11 @@ class PredictionWriter(BasePredictionWriter):
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         path = folder / f"predictions{f'-rank{trainer.global_rank}' if trainer.world_size > 1 else ''}.pt"
         folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(trainer.datamodule, "write_predictions"):
+            module.print(
+                f"Predictions written to {trainer.datamodule.write_predictions(predictions, folder)}"
+            )
+            return
         if predictions and all(isinstance(p, torch.Tensor) for p in predictions):
             predictions = torch.cat(predictions)
         torch.save({"predictions": predictions, "batch_indices": indices}, path)
