@@ -1,6 +1,7 @@
 """One's own data for ``predict``: a folder of images, a file of sequences, a number of samples. Each takes its
 format from the datamodule the checkpoint was trained with, which Lightning saved in it (``trained_datamodule``),
-and writes what the model returns as files a person reads, in the predict run's own folder."""
+and writes what the model returns as files a person reads, in the predict run's own folder (a new ``version_N``
+for each run, so a second run never overwrites the first)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image, UnidentifiedImageError
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms.functional import pil_to_tensor
@@ -28,23 +30,14 @@ def trained_datamodule(checkpoint: str | None) -> pl.LightningDataModule:
     require(
         checkpoint is not None, "predict on your own data needs the trained model: pass --ckpt_path=FILE."
     )
-    saved = dict(read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {})
-    class_path = saved.pop("_class_path", None)
-    how = "train it with this project's command line (checkpoints from before 2026-12 lack it)"
+    saved = dict(read_checkpoint(checkpoint).get(pl.LightningDataModule.CHECKPOINT_HYPER_PARAMS_KEY) or {})
+    class_path = saved.pop("_class_path", None)  # LightningCLI's name for it
+    how = "train it with this project's command line, whose datamodules save their arguments"
     require(class_path is not None, f"{checkpoint} does not say what data it was trained on: {how}.")
     module, name = class_path.rsplit(".", 1)
     data = getattr(import_module(module), name)
     require(issubclass(data, pl.LightningDataModule), f"{checkpoint} names {class_path} as its data.")
     return data(**{k: v for k, v in saved.items() if not k.startswith("_")})
-
-
-def free_path(path: Path) -> Path:
-    """``path``, or ``name-2.ext``, ``name-3.ext``... where it is taken: an earlier result is never overwritten."""
-    n = 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{path.stem.rsplit('-', 1)[0] if n > 2 else path.stem}-{n}{path.suffix}")
-    return path
 
 
 class OwnData(pl.LightningDataModule):
@@ -81,16 +74,20 @@ class ImageFolderDataModule(OwnData):
         self, path: str, checkpoint: str | None = None, batch_size: int = 64, num_workers: int = 0
     ) -> None:
         super().__init__(checkpoint, batch_size, num_workers)
-        trained = self.trained
-        kind = type(trained).__name__
-        require(hasattr(trained, "class_names"), f"{checkpoint} was trained on {kind}, not labelled images.")
+        trained, kind = self.trained, type(self.trained).__name__
+        labelled = all(
+            hasattr(trained, fact) for fact in ("num_classes", "dims", "value_range", "mean", "std")
+        )
+        require(labelled, f"{checkpoint} was trained on {kind}, not labelled images.")
         self.num_classes, self.dims, self.mean, self.std = (
             trained.num_classes,
             trained.dims,
             trained.mean,
             trained.std,
         )
-        self.class_names = list(trained.class_names)
+        self.class_names = getattr(trained, "class_names", None) or [
+            str(i) for i in range(trained.num_classes)
+        ]
         folder, fix = Path(path), "pass a folder of images with --data.init_args.path=DIR"
         require(folder.is_dir(), f"{folder} is {'a file' if folder.exists() else 'missing'}: {fix}.")
         self.files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -104,8 +101,8 @@ class ImageFolderDataModule(OwnData):
 
     def write_predictions(self, predictions: list[torch.Tensor], folder: Path) -> Path:
         probability, index = torch.cat(predictions).max(dim=1)
-        path = free_path(folder / "predictions.csv")
-        with open(path, "w", newline="") as file:
+        path = folder / "predictions.csv"
+        with open(path, "x", newline="") as file:  # "x": never over an earlier file
             rows = zip(self.files, index.tolist(), probability.tolist(), strict=True)
             csv.writer(file).writerows(
                 [("file", "class", "probability")]
@@ -117,8 +114,6 @@ class ImageFolderDataModule(OwnData):
 def read_image(file: Path, channels: int) -> torch.Tensor:
     """``file`` as a float ``(channels, H, W)`` tensor in [0, 1]: colour made grey (or grey made colour) by Pillow;
     an image of more than 8 bits per channel, or a file that is not an image, is refused in one sentence."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(file) as image:
             image.load()
@@ -190,8 +185,8 @@ class LinesDataModule(OwnData):
 
     def write_predictions(self, predictions: list[list[torch.Tensor]], folder: Path) -> Path:
         outputs = [self.decode(tokens) for batch in predictions for tokens in batch]
-        path = free_path(folder / "predictions.csv")
-        with open(path, "w", newline="", encoding="utf-8") as file:
+        path = folder / "predictions.csv"
+        with open(path, "x", newline="", encoding="utf-8") as file:
             rows = zip(self.numbers, outputs, strict=True)
             csv.writer(file).writerows([("line", "output"), *rows])
         return path
@@ -224,8 +219,8 @@ class SamplesDataModule(OwnData):
 
     def write_predictions(self, predictions: list[torch.Tensor], folder: Path) -> Path:
         pixels = ((torch.cat(predictions) + 1) / 2).clamp(0, 1)  # from the GAN's [-1, 1]
-        samples = free_path(folder / "samples")
-        samples.mkdir(parents=True)
+        samples = folder / "samples"
+        samples.mkdir()
         for i, image in enumerate(pixels):
             save_image(image, samples / f"{i:04d}.png")
         save_image(

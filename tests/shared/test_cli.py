@@ -60,6 +60,9 @@ def test_both_loggers_and_the_checkpoints_share_one_version_folder() -> None:
     checkpoints = {p.name for p in (folder / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints
     assert any(re.fullmatch(r"epoch=0[01]-val_acc=0\.\d{4}\.ckpt", name) for name in checkpoints)
+    saved = torch.load(folder / "checkpoints/last.ckpt", weights_only=True)["datamodule_hyper_parameters"]
+    assert saved["_class_path"] == "datamodules.DigitsDataModule"  # what predict on one's own data reads
+    assert "batch_size" not in (folder / "hparams.yaml").read_text()  # the model's, without the data's
     assert versions() == ["version_0"]
     main(["fit", *SHORT])
     assert versions() == ["version_0", "version_1"]
