@@ -157,9 +157,11 @@ class SystemCLI(LightningCLI):
                 )
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
-        data = config.get("data")
-        if subcommand == "predict" and "checkpoint" in getattr(data, "init_args", {}):  # one's own data
-            data.init_args.checkpoint = data.init_args.checkpoint or path
+        data = config.get("data")  # one's own data (datamodules/own.py) reads the model's checkpoint
+        if subcommand == "predict" and "checkpoint" in getattr(data, "init_args", {}):
+            given, data.init_args.checkpoint = data.init_args.checkpoint, path
+            flag = f"--data.init_args.checkpoint={given}"
+            require(given in (None, path), f"{flag} differs from --ckpt_path: drop it, predict fills it in.")
 
     def _parse_ckpt_path(self) -> None:
         """The one private method of Lightning this project overrides (``tests/test_private.py``): LightningCLI 2.5.5+

@@ -158,6 +158,10 @@ def test_a_bad_folder_stops_predict_with_status_2_and_nothing_written(capsys) ->
     fix = "remove it from the folder, or convert it to PNG"
     assert message == f"error: images/notes.txt is not an image Pillow can read: {fix}.\n"
     assert sorted(p.name for p in Path(".").iterdir()) == ["images", "model.ckpt"]
+    other = ["--data.init_args.checkpoint=other.ckpt"]  # predict fills it from --ckpt_path: no second model
+    assert "differs from --ckpt_path" in refused(
+        capsys, classifier, ["predict", *QUIET, f"--ckpt_path={model}", *FOLDER, *other]
+    )
 
 
 def test_lines_are_read_in_the_tokens_of_the_training_data(capsys) -> None:
