@@ -60,9 +60,8 @@ class ImageDataModule(pl.LightningDataModule):
         self, batch_size: int, num_workers: int, shuffle: bool, seed: int, size: Any, value_range: Any
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            logger=False
-        )  # in checkpoints (``datamodule_hyper_parameters``), not the logs
+        # in checkpoints (``datamodule_hyper_parameters``), not in the logs: what predict on one's own images reads
+        self.save_hyperparameters(logger=False)
         check_loader_arguments(batch_size, num_workers)
         low, high = value_range
         require(

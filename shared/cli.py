@@ -367,12 +367,10 @@ class PredictionWriter(BasePredictionWriter):
         folder = Path(trainer.log_dir or trainer.default_root_dir)
         path = folder / f"predictions{f'-rank{trainer.global_rank}' if trainer.world_size > 1 else ''}.pt"
         folder.mkdir(parents=True, exist_ok=True)
-        if hasattr(trainer.datamodule, "write_predictions"):
-            module.print(
-                f"Predictions written to {trainer.datamodule.write_predictions(predictions, folder)}"
-            )
-            return
-        if predictions and all(isinstance(p, torch.Tensor) for p in predictions):
-            predictions = torch.cat(predictions)
-        torch.save({"predictions": predictions, "batch_indices": indices}, path)
+        if hasattr(trainer.datamodule, "write_predictions"):  # one's own data: a CSV, or images
+            path = trainer.datamodule.write_predictions(predictions, folder)
+        else:
+            if predictions and all(isinstance(p, torch.Tensor) for p in predictions):
+                predictions = torch.cat(predictions)
+            torch.save({"predictions": predictions, "batch_indices": indices}, path)
         module.print(f"Predictions written to {path}")
