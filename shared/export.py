@@ -36,7 +36,9 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
 def parse(args: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m shared.export", description=__doc__.split("\n\n")[0])
+    what = "A system's serving network as a torch.export program (model.pt2) and, with --onnx, an ONNX file, each "
+    what += "checked against the checkpoint on a validation batch of the run's data."
+    parser = argparse.ArgumentParser(prog="python -m shared.export", description=what, allow_abbrev=False)
     parser.add_argument(
         "--ckpt_path", required=True, help="a checkpoint in its run folder (.../checkpoints/)"
     )

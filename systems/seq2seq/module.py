@@ -163,20 +163,13 @@ class Seq2Seq(pl.LightningModule):
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
 
     def exportable(self, batch: SequenceBatch) -> tuple[nn.Module, tuple[Tensor, ...]]:
-        """What ``python -m shared.export`` writes: one step of ``forward`` (``model.StreamStep``), any stream length
-        (the chunks only cut gradients), and its input: the batch's token after the first chunk, with the state that
-        chunk left (the first token from the start state when the batch is shorter)."""
+        """What ``python -m shared.export`` writes: ``forward`` one step at a time (``model.StreamStep``: streams of any
+        length; the chunks only cut gradients), and its input: the batch's step after the first chunk, with the state
+        that chunk left."""
         inputs, step = batch[0], StreamStep(self.encoder, self.decoder)
         k = min(self.hparams.truncated_bptt_steps, inputs.shape[1] - 1)
         with torch.no_grad():
-            state = self(inputs[:, :k])[2] if k else None
-        start = torch.zeros(len(inputs), self.hparams.num_layers, self.hparams.hidden_size)
-        flat = (
-            step.flat(state)
-            if state
-            else (*[start] * 4, torch.full_like(inputs[:, 0], self.hparams.vocab_size))
-        )
-        return step, (inputs[:, k], *flat)
+            return step, (inputs[:, k], *step.flat(self(inputs[:, :k])[2]))
 
     def _evaluate(self, batch: SequenceBatch, stage: str, batch_idx: int) -> Tensor | None:
         """Validation's and test's step: the loss teacher-forced in chunks as in training (also in bits per token),
