@@ -1,7 +1,7 @@
 """``python -m shared.export --ckpt_path=lightning_logs/<system>/version_N/checkpoints/<file>.ckpt [--onnx] [--out DIR]``:
 the network a system serves with, as a ``torch.export`` program (``model.pt2``) and, with ``--onnx``, an ONNX file
-(``model.onnx``), each loaded back and checked against the checkpoint's own network on a validation batch of the
-run's data. Both run with torch (or onnxruntime) alone: the top README's "Export and run without this repository".
+(``model.onnx``), each loaded back and checked against the checkpoint's own network on real inputs: a validation
+batch of the run's data (the GAN: its grid's latents). Both run with torch (or onnxruntime) alone: the top README's "Export and run without this repository".
 
 What each system serves, and with what input, is its LightningModule's ``exportable(batch)``; the system is the one
 whose run folder holds the checkpoint (``lightning_logs/<system>/``), its data the run's ``config.yaml``."""
@@ -125,7 +125,8 @@ def export(ckpt_path: str, out: str | None = None, onnx: bool = False) -> Path:
         for n, t in zip(names, inputs, strict=True)
     ]
     print(
-        f"{type(model).__name__}'s {type(network).__name__}: inputs {', '.join(shapes)}; checked on {len(inputs[0])}"
+        f"{type(model).__name__}'s {type(network).__name__}: inputs {', '.join(shapes)}; checked on the {len(inputs[0])} "
+        f"of {type(model).__name__}.exportable"
     )
     # the batch is dynamic: the first dimension of every input and output
     batch = torch.export.Dim("batch")

@@ -102,7 +102,10 @@ def test_the_classifier_exports_a_program_that_gives_the_checkpoints_logits(
     said = capsys.readouterr().out
     assert folder == ckpt.parents[1] / "export/last"  # in the run folder, named for the checkpoint
     assert sorted(p.name for p in folder.iterdir()) == ["model.pt2"]
-    assert "Classifier's ConvNet: inputs x (batch, 1, 8, 8) float32; checked on 16" in said
+    assert (
+        "Classifier's ConvNet: inputs x (batch, 1, 8, 8) float32; checked on the 16 of Classifier.exportable"
+        in said
+    )
     assert re.search(
         r"model.pt2: its outputs differ from the checkpoint's by at most \S+ \(tolerance 1e-05", said
     )
