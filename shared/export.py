@@ -106,7 +106,8 @@ def export(ckpt_path: str, out: str | None = None, onnx: bool = False) -> Path:
     """``model.pt2`` (and ``model.onnx``) written into ``out`` and checked; the folder."""
     missing = [p for p in ONNX_PACKAGES if importlib.util.find_spec(p) is None] if onnx else []
     require(
-        not missing, f'--onnx needs {", ".join(missing)}, which are not installed: pip install -e ".[onnx]".'
+        not missing,
+        f'--onnx needs onnx, onnxscript and onnxruntime ({", ".join(missing)} missing): pip install -e ".[onnx]".',
     )
     checkpoint = read_checkpoint(ckpt_path)
     folder, name = run_folder(Path(ckpt_path))

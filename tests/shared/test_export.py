@@ -148,7 +148,10 @@ def test_onnx_without_the_extra_names_its_install(
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n: None if n == "onnxruntime" else find_spec(n))
     err = refused(capsys, main, ["--ckpt_path", str(classifier_run[0]), "--out", "exported", "--onnx"])
-    assert err == 'error: --onnx needs onnxruntime, which are not installed: pip install -e ".[onnx]".\n'
+    assert (
+        err
+        == 'error: --onnx needs onnx, onnxscript and onnxruntime (onnxruntime missing): pip install -e ".[onnx]".\n'
+    )
     assert not Path("exported").exists()
 
 
