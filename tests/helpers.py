@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -32,6 +33,18 @@ def real_data(path: str | Path, installs: str) -> Path:
         return Path(path)
     reason = f"{path} is absent: {installs}"
     if os.environ.get("SYSTEMS_REAL_DATA") == "required":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def extra(packages: tuple[str, ...], installs: str) -> None:
+    """Skip a test of an optional extra whose packages are not installed (``installs`` says how), except in CI, which
+    installs every extra and sets ``SYSTEMS_EXTRAS=required``: there it fails."""
+    missing = [p for p in packages if importlib.util.find_spec(p) is None]
+    if not missing:
+        return
+    reason = f"{', '.join(missing)} not installed: {installs}"
+    if os.environ.get("SYSTEMS_EXTRAS") == "required":
         pytest.fail(reason)
     pytest.skip(reason)
 

@@ -150,6 +150,11 @@ class Classifier(pl.LightningModule):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return self(x).softmax(dim=1)
 
+    def exportable(self, batch: Any) -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+        """What ``python -m shared.export`` writes: the network (images in the data's range -> logits; it standardises
+        them itself) and its input, the batch's images."""
+        return self.net, (batch[0],)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.saved_interval = checkpoint.get("hyper_parameters", {}).get("scheduler_interval")
 

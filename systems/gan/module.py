@@ -149,16 +149,26 @@ class GAN(pl.LightningModule):
         )
         return self.render(z.to(self.device))
 
+    @property
+    def sampling_generator(self) -> torch.nn.Module:
+        """The generator that draws every sample: the average ``generator_ema``, or the generator without one."""
+        return self.generator if self.generator_ema is None else self.generator_ema.module
+
     @torch.no_grad()
     def render(self, z: torch.Tensor) -> torch.Tensor:
         """The sampling generator's images for latents ``z``, in eval mode: the same for the same latents."""
-        generator = self.generator if self.generator_ema is None else self.generator_ema.module
+        generator = self.sampling_generator
         was_training = generator.training
         images = generator.eval()(z).float()
         generator.train(was_training)
         return images
 
     forward = render  # model(z): the samples for latents z
+
+    def exportable(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+        """What ``python -m shared.export`` writes: the sampling generator (latents ~ N(0, 1) -> images in [-1, 1]) and
+        its input, the grid's fixed latents (the data's batch is not needed)."""
+        return self.sampling_generator, (self.fixed_latents,)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         """Nothing to compute: ``SampleQuality`` reads the real images of each validation batch."""

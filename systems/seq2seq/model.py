@@ -92,6 +92,38 @@ def greedy(
     return logits.argmax(dim=-1), logits, StreamState(enc_state, dec_state, token[:, 0])
 
 
+class StreamStep(nn.Module):
+    """``greedy`` one step at a time on tensors alone, batch first, as ``python -m shared.export`` writes it: each
+    stream's next input token (B,) and state -> its output token (B,), logits (B, vocab) and next state. The state is
+    five tensors, the LSTM states (B, num_layers, hidden) of the encoder (h, c) and the decoder (h, c) and the last
+    token (B,); a stream starts from zeros and the start token (``vocab_size``), as ``state=None`` does."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(
+        self,
+        token: Tensor,
+        encoder_h: Tensor,
+        encoder_c: Tensor,
+        decoder_h: Tensor,
+        decoder_c: Tensor,
+        last_token: Tensor,
+    ) -> tuple[Tensor, ...]:
+        h_e, c_e, h_d, c_d = (
+            t.transpose(0, 1).contiguous() for t in (encoder_h, encoder_c, decoder_h, decoder_c)
+        )
+        state = StreamState((h_e, c_e), (h_d, c_d), last_token)
+        tokens, logits, state = greedy(self.encoder, self.decoder, token.unsqueeze(1), state)
+        return tokens[:, 0], logits[:, 0], *self.flat(state)
+
+    @staticmethod
+    def flat(state: StreamState) -> tuple[Tensor, ...]:
+        """``state`` as the step's five tensors, batch first."""
+        return *(t.transpose(0, 1) for t in (*state.encoder, *state.decoder)), state.last_token
+
+
 def chunk_loss(
     encoder: Encoder,
     decoder: Decoder,

@@ -20,7 +20,16 @@ from torchmetrics.classification import MulticlassAccuracy
 from datamodules.sequences import SequenceBatch, padding_mask
 from shared.errors import epochs_to_train, require
 from systems.seq2seq.evaluation import write_decodings
-from systems.seq2seq.model import Decoder, Encoder, StreamState, chunk_loss, detach_state, greedy, time_chunks
+from systems.seq2seq.model import (
+    Decoder,
+    Encoder,
+    StreamState,
+    StreamStep,
+    chunk_loss,
+    detach_state,
+    greedy,
+    time_chunks,
+)
 
 
 class Seq2Seq(pl.LightningModule):
@@ -152,6 +161,15 @@ class Seq2Seq(pl.LightningModule):
             tokens.append(chunk_tokens)
             logits.append(chunk_logits)
         return torch.cat(tokens, dim=1), torch.cat(logits, dim=1)
+
+    def exportable(self, batch: SequenceBatch) -> tuple[nn.Module, tuple[Tensor, ...]]:
+        """What ``python -m shared.export`` writes: ``forward`` one step at a time (``model.StreamStep``: streams of any
+        length; the chunks only cut gradients), and its input: the batch's step after the first chunk, with the state
+        that chunk left."""
+        inputs, step = batch[0], StreamStep(self.encoder, self.decoder)
+        k = min(self.hparams.truncated_bptt_steps, inputs.shape[1] - 1)
+        with torch.no_grad():
+            return step, (inputs[:, k], *step.flat(self(inputs[:, :k])[2]))
 
     def _evaluate(self, batch: SequenceBatch, stage: str, batch_idx: int) -> Tensor | None:
         """Validation's and test's step: the loss teacher-forced in chunks as in training (also in bits per token),

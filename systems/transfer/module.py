@@ -115,6 +115,11 @@ class TransferLearner(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:  # images, or (images, labels)
         return self(batch[0] if isinstance(batch, list | tuple) else batch).softmax(dim=1)
 
+    def exportable(self, batch: Any) -> tuple[nn.Module, tuple[torch.Tensor]]:
+        """What ``python -m shared.export`` writes: ``forward`` as one network (images in the data's range -> logits;
+        standardised, grey expanded to RGB inside) and its input, the batch's images."""
+        return nn.Sequential(self.normalize, self.backbone, self.head), (batch[0],)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW over the trainable parameters only: the head and the backbone in named groups."""
         groups = [{"name": "head", "params": list(self.head.parameters()), "lr": self.hparams.lr}]
