@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -32,6 +33,17 @@ def real_data(path: str | Path, installs: str) -> Path:
         return Path(path)
     reason = f"{path} is absent: {installs}"
     if os.environ.get("SYSTEMS_REAL_DATA") == "required":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def tracker(package: str) -> None:
+    """Skip the test where ``package`` (a tracker: ``pip install -e ".[<package>]"``) is not installed, except in CI,
+    which installs the trackers and sets ``SYSTEMS_TRACKERS=required``: there it fails."""
+    if importlib.util.find_spec(package) is not None:
+        return
+    reason = f"{package} is not installed: pip install -e '.[{package}]'"
+    if os.environ.get("SYSTEMS_TRACKERS") == "required":
         pytest.fail(reason)
     pytest.skip(reason)
 

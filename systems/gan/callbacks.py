@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid, save_image
 
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 
 
 class SampleGrid(pl.Callback):
@@ -32,6 +32,7 @@ class SampleGrid(pl.Callback):
             save_image(grid, path)
             for writer in tensorboards(trainer):
                 writer.add_image("samples", grid, global_step=trainer.global_step)
+            to_trackers(trainer, path, "samples")
 
 
 def verdict(probs: torch.Tensor, min_share: float = 0.05) -> dict[str, torch.Tensor]:

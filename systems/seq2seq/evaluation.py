@@ -8,7 +8,7 @@ import string
 import pytorch_lightning as pl
 from torch import Tensor
 
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 
 _ALPHABET = string.digits + string.ascii_letters  # one character per token, when the vocabulary allows
 
@@ -42,3 +42,4 @@ def write_decodings(trainer: pl.Trainer, examples: list[Tensor], vocab_size: int
         for writer in tensorboards(trainer):
             markdown = "\n".join("    " + line for line in text.splitlines())
             writer.add_text("val/decodings", markdown, trainer.global_step)
+        to_trackers(trainer, path, "val/decodings")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from shared.errors import require
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 from systems.seq2seq.model import Decoder, Encoder
 
 
@@ -68,3 +68,4 @@ class TextSamples(pl.Callback):
             writer.add_text(
                 "val/samples", "\n".join("    " + line for line in text.splitlines()), trainer.global_step
             )
+        to_trackers(trainer, path, "val/samples")
