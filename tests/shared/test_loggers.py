@@ -55,24 +55,37 @@ def test_mlflow_runs_side_by_side_each_with_its_config_and_figures(
     tracker("mlflow")
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.7+ refuses its file store without it
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3.17 refuses its file store without it
     logger = "--trainer.logger=pytorch_lightning.loggers.MLFlowLogger"
-    folders = two_runs(
-        logger, f"--trainer.logger.tracking_uri={store}", "--trainer.logger.experiment_name=digits"
-    )
+    flags = [logger, f"--trainer.logger.tracking_uri={store}", "--trainer.logger.experiment_name=digits"]
+    folders = two_runs(*flags)
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("digits").experiment_id
-    runs = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
-    assert len(runs) == 2
-    for run, folder, lr in zip(runs, folders, RATES, strict=True):
+
+    def runs() -> list:
+        return client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+
+    def artifacts(run_id: str) -> set[str]:
+        return {
+            a.path for folder in ("", "val_confusion_matrix") for a in client.list_artifacts(run_id, folder)
+        }
+
+    assert len(runs()) == 2
+    for run, folder, lr in zip(runs(), folders, RATES, strict=True):
         run_id = run.info.run_id
         assert run.info.status == "FINISHED" and float(run.data.params["lr"]) == lr
         assert run.data.metrics["val/acc"] == pytest.approx(last_validation(folder)["val/acc"])
-        figures = {a.path for a in client.list_artifacts(run_id, "val_confusion_matrix")}
-        assert {f"val_confusion_matrix/epoch=00{i}.{x}" for i in (0, 1) for x in ("png", "csv")} == figures
+        figures = {f"val_confusion_matrix/epoch=00{i}.{x}" for i in (0, 1) for x in ("png", "csv")}
+        assert artifacts(run_id) == {"config.yaml", "val_confusion_matrix", *figures}
         config = client.download_artifacts(run_id, "config.yaml", str(tmp_path / run_id))
         assert Path(config).read_text() == (folder / "config.yaml").read_text()
         assert f"lr: {lr}" in Path(config).read_text()
+    # a resume continues version_1's folder; in MLflow it is a run of its own, from the resume on
+    main(["fit", *SHORT, *flags, f"--model.lr={RATES[1]}", "--trainer.max_epochs=3", "--ckpt_path=last"])
+    resumed = runs()[2].info.run_id
+    figures = {f"val_confusion_matrix/epoch=002.{x}" for x in ("png", "csv")}
+    assert artifacts(resumed) == {"config-resumed-at-step-4.yaml", "val_confusion_matrix", *figures}
+    assert runs()[2].data.metrics["val/acc"] == pytest.approx(last_validation(folders[1])["val/acc"])
 
 
 @pytest.mark.slow
