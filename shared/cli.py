@@ -161,6 +161,15 @@ class SystemCLI(LightningCLI):
         require(path != "best", "--ckpt_path=best means nothing to a new command: pass a checkpoint file.")
         self.checkpoint = read_checkpoint(path) if path and path not in ("hpc", "registry") else None
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse's, over what a class raised
+            store = "MLFLOW_ALLOW_FILE_STORE" in str(error.__cause__ or error.__context__)
+            fix = "use --trainer.logger.tracking_uri=sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true"
+            require(not store, f"This MLflow refuses its file store (file:...) unless asked: {fix}.")
+            raise
+
     def _parse_ckpt_path(self) -> None:
         """The one private method of Lightning this project overrides (``tests/test_private.py``): LightningCLI 2.5.5+
         puts a checkpoint's hyper-parameters over the configuration here, dropping the flags given with

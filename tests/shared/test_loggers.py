@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from systems.classifier.train import main
-from tests.helpers import QUIET, tracker
+from tests.helpers import QUIET, refused, tracker
 
 SHORT = [
     *QUIET,
@@ -89,6 +89,18 @@ def test_mlflow_runs_side_by_side_each_with_its_config_and_figures(
 
 
 @pytest.mark.slow
+def test_mlflows_refusal_of_its_file_store_is_one_sentence_naming_the_fix(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracker("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    logger = "--trainer.logger=pytorch_lightning.loggers.MLFlowLogger"
+    err = refused(capsys, main, ["fit", *SHORT, logger, "--trainer.logger.tracking_uri=file:./mlruns"])
+    assert "sqlite:///mlflow.db" in err and "MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert list(Path().iterdir()) == []  # nothing written
+
+
+@pytest.mark.slow
 def test_wandb_offline_runs_side_by_side_each_with_its_config_and_figures(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -108,6 +120,10 @@ def test_wandb_offline_runs_side_by_side_each_with_its_config_and_figures(
         assert config == (folder / "config.yaml").read_text() and f"lr: {lr}" in config
         assert (files / folder.name / "val_confusion_matrix/epoch=001.csv").is_file()
         assert len(list((files / "media/images/val").glob("confusion_matrix_*.png"))) == 2  # one per epoch
+        records = next(
+            run.glob("run-*.wandb")
+        ).read_bytes()  # W&B's own log of the run: its metrics, its config
+        assert b"val/acc" in records and b"skip_nonfinite" in records
 
 
 @pytest.mark.slow
