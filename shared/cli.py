@@ -361,7 +361,7 @@ class RunConfig(SaveConfigCallback):
     run; and TensorBoard's HParams tab: the model's and the data's settings, beside the run's validation metrics
     (their latest values), once its first validation has ended."""
 
-    tabled = False  # the HParams tab's entry is written
+    hparams_written = False  # the HParams tab's entry, once per run
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.folder = Path(trainer.log_dir or ".")  # every process: log_dir is a broadcast
@@ -376,9 +376,9 @@ class RunConfig(SaveConfigCallback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The HParams tab's entry, once: TensorBoard reads the first, and each metric's latest value."""
-        if self.tabled or not trainer.is_global_zero:
+        if self.hparams_written or not trainer.is_global_zero:
             return
-        self.tabled = True
+        self.hparams_written = True
         model = {k: v for k, v in pl_module.hparams_initial.items() if not k.startswith("_")}
         settings = _flat({"model": model, "data": self.config.data.as_dict()})
         metrics = dict.fromkeys(k for k in trainer.callback_metrics if k.startswith("val/"))
