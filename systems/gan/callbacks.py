@@ -16,7 +16,8 @@ from shared.visuals import epoch_file, tensorboards, to_trackers
 
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` training epochs (and after the last) the module's ``fixed_latents`` drawn into
-    ``samples/epoch=NNN.png`` in the run's folder and TensorBoard's image ``samples``; each pixel ``scale`` px."""
+    ``samples/epoch=NNN.png`` in the run's folder, TensorBoard's image ``samples`` and a tracker's artifact; each
+    pixel ``scale`` px."""
 
     def __init__(self, every_n_epochs: int, scale: int) -> None:
         self.every_n_epochs, self.scale = every_n_epochs, scale
