@@ -24,15 +24,17 @@ import torch
 import yaml
 from jsonargparse import set_loader
 from pytorch_lightning.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.plugins.environments import ClusterEnvironment, SLURMEnvironment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from torch.utils.tensorboard.summary import hparams
 
 from shared.checkpoints import WholeFileCheckpointIO, read_checkpoint, state_mismatch
 from shared.errors import Interrupted, UserError, reported, require
 from shared.resume import GracefulStop, LastCheckpoint, RandomState, ResumeSettings
+from shared.visuals import tensorboards, to_trackers
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 # a run prints what its user needs: not Lightning's own deprecation, not the warning that args are sys.argv (they
@@ -110,6 +112,7 @@ class SystemCLI(LightningCLI):
         callbacks = [*resume, MetricsOnDisk(), PredictionWriter()]
         options = {"subclass_mode_data": True, "trainer_class": Trainer, "seed_everything_default": 42}
         options |= {"trainer_defaults": {"callbacks": callbacks}, "save_config_kwargs": {"overwrite": False}}
+        options["save_config_callback"] = RunConfig
         options["auto_configure_optimizers"] = False  # the systems configure their own
         options["parser_kwargs"] = {**settings, **dict.fromkeys(SUBCOMMANDS, defaults)} if run else defaults
         with reported(self.remove_what_was_written):
@@ -163,6 +166,15 @@ class SystemCLI(LightningCLI):
             flag = f"--data.init_args.checkpoint={given}"
             require(given in (None, path), f"{flag} differs from --ckpt_path: drop it, predict fills it in.")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse's, over what a class raised
+            store = "MLFLOW_ALLOW_FILE_STORE" in str(error.__cause__ or error.__context__)
+            fix = "use --trainer.logger.tracking_uri=sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true"
+            require(not store, f"This MLflow refuses its file store (file:...) unless asked: {fix}.")
+            raise
+
     def _parse_ckpt_path(self) -> None:
         """The one private method of Lightning this project overrides (``tests/test_private.py``): LightningCLI 2.5.5+
         puts a checkpoint's hyper-parameters over the configuration here, dropping the flags given with
@@ -184,8 +196,14 @@ class SystemCLI(LightningCLI):
                 message = f"The weights in {path} do not fit the model this configuration builds ({details})"
                 raise UserError(f"{message}: they were trained with {trained}; pass {fix}.")
         trainer = (self.config_init[self.subcommand] if self.subcommand else self.config_init).trainer
-        if trainer.get("logger") in (None, True) and not trainer.get("fast_dev_run"):
-            kwargs["logger"] = self._loggers(Path(trainer.get("default_root_dir") or ".") / "lightning_logs")
+        named = trainer.get("logger")
+        trackers = [] if named in (None, True) else list(named) if isinstance(named, Iterable) else [named]
+        own_folder = bool(trackers) and isinstance(trackers[0], (TensorBoardLogger, CSVLogger))
+        if named not in (False, []) and not own_folder and not trainer.get("fast_dev_run"):
+            # the default, or a tracker first (MLflow, W&B: Lightning's log_dir would be its save_dir, shared by every
+            # run): this project's pair goes first, so the run has its own folder; the tracker gets its files too
+            root = Path(trainer.get("default_root_dir") or ".") / "lightning_logs"
+            kwargs["logger"] = [*self._loggers(root), *trackers]
         if SLURMEnvironment.detect():  # pre-emption is GracefulStop's, into the run folder: not the plug-in's
             plugins = trainer.get("plugins") or []
             plugins = plugins if isinstance(plugins, list) else [plugins]
@@ -341,6 +359,52 @@ class MetricsOnDisk(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+
+class RunConfig(SaveConfigCallback):
+    """``config.yaml`` in the run's folder (Lightning's ``SaveConfigCallback``), also as an artifact of each tracker's
+    run; and TensorBoard's HParams tab: the model's and the data's settings, beside the run's validation metrics
+    (their latest values), once its first validation has ended."""
+
+    hparams_written = False  # the HParams tab's entry, once per run
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.folder = Path(trainer.log_dir or ".")  # every process: log_dir is a broadcast
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        to_trackers(trainer, self.folder / self.config_filename)  # the first process only, once written
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.on_fit_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The HParams tab's entry, once: TensorBoard reads the first, and each metric's latest value."""
+        if self.hparams_written or not trainer.is_global_zero:
+            return
+        self.hparams_written = True
+        model = {k: v for k, v in pl_module.hparams_initial.items() if not k.startswith("_")}
+        settings = _flat({"model": model, "data": self.config.data.as_dict()})
+        metrics = dict.fromkeys(k for k in trainer.callback_metrics if k.startswith("val/"))
+        experiment, session, _ = hparams(settings, metrics)
+        for writer in tensorboards(trainer):
+            writer.file_writer.add_summary(experiment)
+            writer.file_writer.add_summary(session)
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, float | str]:
+    """Nested settings as TensorBoard's HParams tab takes them: ``data.batch_size`` (the flag's name), a number or
+    text."""
+    flat: dict[str, float | str] = {}
+    for key, value in settings.items():
+        name = prefix if key == "init_args" else f"{prefix}.{key}".lstrip(".")
+        if isinstance(value, dict):
+            flat |= _flat(value, name)
+        else:
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            flat[name] = value if number else str(value)
+    return flat
 
 
 class BestCheckpoint(ModelCheckpoint):

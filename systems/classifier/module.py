@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from shared.errors import epochs_to_train, require
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ class Classifier(pl.LightningModule):
             )  # the counts
             for writer in tensorboards(self.trainer):
                 writer.add_figure("val/confusion_matrix", figure, global_step=self.global_step)
+            for path in (png, png.with_suffix(".csv")):
+                to_trackers(self.trainer, path, "val/confusion_matrix")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities for a batch of images (a bare tensor or an ``(images, labels)`` pair)."""

@@ -11,12 +11,13 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchvision.utils import make_grid, save_image
 
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 
 
 class SampleGrid(pl.Callback):
     """Every ``every_n_epochs`` training epochs (and after the last) the module's ``fixed_latents`` drawn into
-    ``samples/epoch=NNN.png`` in the run's folder and TensorBoard's image ``samples``; each pixel ``scale`` px."""
+    ``samples/epoch=NNN.png`` in the run's folder, TensorBoard's image ``samples`` and a tracker's artifact; each
+    pixel ``scale`` px."""
 
     def __init__(self, every_n_epochs: int, scale: int) -> None:
         self.every_n_epochs, self.scale = every_n_epochs, scale
@@ -32,6 +33,7 @@ class SampleGrid(pl.Callback):
             save_image(grid, path)
             for writer in tensorboards(trainer):
                 writer.add_image("samples", grid, global_step=trainer.global_step)
+            to_trackers(trainer, path, "samples")
 
 
 def verdict(probs: torch.Tensor, min_share: float = 0.05) -> dict[str, torch.Tensor]:

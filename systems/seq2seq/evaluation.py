@@ -8,7 +8,7 @@ import string
 import pytorch_lightning as pl
 from torch import Tensor
 
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 
 _ALPHABET = string.digits + string.ascii_letters  # one character per token, when the vocabulary allows
 
@@ -32,8 +32,8 @@ def format_decoding(inputs: Tensor, targets: Tensor, tokens: Tensor, vocab_size:
 
 def write_decodings(trainer: pl.Trainer, examples: list[Tensor], vocab_size: int, chunk_size: int) -> None:
     """The ``examples`` (inputs, targets, lengths, decoded tokens of a few sequences; padding cut off here) as
-    ``val_decodings/epoch=NNN.txt`` and TensorBoard's text (Markdown: indented, a code block). Every process
-    calls it (the file's folder is a broadcast under DDP); the first writes its own examples."""
+    ``val_decodings/epoch=NNN.txt``, a tracker's artifact and TensorBoard's text (Markdown: indented, a code block).
+    Every process calls it (the file's folder is a broadcast under DDP); the first writes its own examples."""
     if (path := epoch_file(trainer, "val/decodings", ".txt")) is not None:
         cut = ((x[:n], y[:n], t[:n]) for x, y, n, t in zip(*examples, strict=True))
         decodings = "\n\n".join(format_decoding(*example, vocab_size, chunk_size) for example in cut)
@@ -42,3 +42,4 @@ def write_decodings(trainer: pl.Trainer, examples: list[Tensor], vocab_size: int
         for writer in tensorboards(trainer):
             markdown = "\n".join("    " + line for line in text.splitlines())
             writer.add_text("val/decodings", markdown, trainer.global_step)
+        to_trackers(trainer, path, "val/decodings")

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from shared.errors import require
-from shared.visuals import epoch_file, tensorboards
+from shared.visuals import epoch_file, tensorboards, to_trackers
 from systems.seq2seq.model import Decoder, Encoder
 
 
@@ -38,9 +38,9 @@ def generate(
 
 class TextSamples(pl.Callback):
     """At each validation epoch's end, ``length`` characters the model writes after the first ``prompt_length`` of
-    the held-out text, as ``val_samples/epoch=NNN.txt`` and TensorBoard text. The draws come from a generator seeded
-    by ``seed`` and the epoch, not the global random state, so that a resumed run trains as one that never stopped.
-    Needs a datamodule with ``decode`` and ``texts`` (``TextDataModule``)."""
+    the held-out text, as ``val_samples/epoch=NNN.txt``, a tracker's artifact and TensorBoard text. The draws come
+    from a generator seeded by ``seed`` and the epoch, not the global random state, so that a resumed run trains as
+    one that never stopped. Needs a datamodule with ``decode`` and ``texts`` (``TextDataModule``)."""
 
     def __init__(
         self, length: int = 600, prompt_length: int = 40, temperature: float = 0.8, seed: int = 0
@@ -68,3 +68,4 @@ class TextSamples(pl.Callback):
             writer.add_text(
                 "val/samples", "\n".join("    " + line for line in text.splitlines()), trainer.global_step
             )
+        to_trackers(trainer, path, "val/samples")
