@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from systems.classifier.train import main
-from tests.helpers import QUIET, refused, extra
+from tests.helpers import QUIET, extra, refused
 
 SHORT = [
     *QUIET,
