@@ -136,9 +136,10 @@ def run_trainer(
     windows: Windows,
     data: DataLoader,
     compile: bool = False,
+    profiler: pl.profilers.Profiler | None = None,
 ) -> dict[str, Any]:
     """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses. Compiled,
-    the warm-up steps take the compilation."""
+    the warm-up steps take the compilation. ``profiler``: Lightning's, timing its hooks (``benchmarks.profile``)."""
     module = fresh_start(workload, sizes, precision, device, compile)
     timer = TrainerWindows(windows)
     # without a logger, Lightning's log folder is the root folder: what a module draws (the GAN's grid
@@ -157,6 +158,7 @@ def run_trainer(
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            profiler=profiler,
             callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
         )
         trainer.fit(module, train_dataloaders=data)
