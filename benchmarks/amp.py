@@ -22,6 +22,7 @@ from benchmarks.runner import (
     pick_device,
     results_folder,
     run_trainer,
+    settings,
     workload_sizes,
 )
 from benchmarks.timing import Windows
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name in args.workloads:
         workload = WORKLOADS[name]
         timed = []
-        for precision in (PRECISIONS[p] for p in args.precisions):
-            row: dict[str, Any] = {"workload": name, "precision": precision.name, "unit": workload.unit}
+        for precision, compile, label in settings(args):
+            row: dict[str, Any] = {"workload": name, "precision": label, "unit": workload.unit}
             if precision.gpu_only and device.type != "cuda":
                 rows.append({**row, "status": "skipped", "note": "needs a CUDA GPU"})
             elif precision.channels_last and not workload.convolutional:
@@ -50,25 +51,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append({**row, "status": "skipped", "note": note})
             else:
                 rows.append({**row, "status": "ok", "run_step_s": [], "peak_memory_mib": None})
-                timed.append((precision, rows[-1]))
+                timed.append((precision, compile, rows[-1]))
         # the modes take turns, run after run, so that a slow spell of the machine hits them all alike
         for _ in range(args.runs):
-            for precision, row in timed:
+            for precision, compile, row in timed:
                 windows = Windows(device, args.warmup, args.window, args.repeats)
                 data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=True)
-                result = run_trainer(workload, sizes[name], precision, device, windows, data)
+                result = run_trainer(workload, sizes[name], precision, device, windows, data, compile)
                 row["run_step_s"].append(result["median_step_s"])
                 if result["peak_memory_mib"] is not None:
                     row["peak_memory_mib"] = max(row["peak_memory_mib"] or 0.0, result["peak_memory_mib"])
-        for precision, row in timed:
+        for _, _, row in timed:
             steps = row["run_step_s"]
             row.update(median_step_s=statistics.median(steps), min_step_s=min(steps), max_step_s=max(steps))
             row["items_per_s"] = workload.items(sizes[name]) / row["median_step_s"]
             print(
-                f"{name:>15} {precision.name:>26}: {row['items_per_s']:10.1f} {workload.unit}/s", flush=True
+                f"{name:>15} {row['precision']:>34}: {row['items_per_s']:10.1f} {workload.unit}/s", flush=True
             )
-        fp32 = next((row for precision, row in timed if precision.name == "fp32"), None)
-        for _, row in timed:
+        fp32 = next((row for _, _, row in timed if row["precision"] == "fp32"), None)
+        for _, _, row in timed:
             row["speedup_vs_fp32"] = fp32["median_step_s"] / row["median_step_s"] if fp32 else None
     payload = {
         "benchmark": "amp",

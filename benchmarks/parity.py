@@ -23,10 +23,11 @@ from benchmarks.runner import (
     results_folder,
     run_plain,
     run_trainer,
+    settings,
     workload_sizes,
 )
 from benchmarks.timing import Windows
-from benchmarks.workloads import PRECISIONS, WORKLOADS
+from benchmarks.workloads import WORKLOADS
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -40,21 +41,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for name in args.workloads:
         workload = WORKLOADS[name]
-        for precision in (PRECISIONS[p] for p in args.precisions):
+        for precision, compile, label in settings(args):
             note = "needs CUDA" if precision.gpu_only and device.type != "cuda" else None
             if note := note or cannot_run(name, precision.name, device):
-                rows.append(
-                    {"workload": name, "precision": precision.name, "status": "skipped", "note": note}
-                )
+                rows.append({"workload": name, "precision": label, "status": "skipped", "note": note})
                 continue
             plain, lightning = [], []
             for _ in range(args.runs):
                 for runner, results in ((run_plain, plain), (run_trainer, lightning)):
                     windows = Windows(device, args.warmup, args.window, args.repeats)
                     data = make_loader(workload, sizes[name], windows.total_steps, device, on_device=False)
-                    results.append(runner(workload, sizes[name], precision, device, windows, data))
-            rows.append(compare(name, precision.name, plain, lightning, device))
-            print(f"{name:>11} {precision.name:>12}: Lightning / plain = {rows[-1]['ratios']}", flush=True)
+                    results.append(runner(workload, sizes[name], precision, device, windows, data, compile))
+            rows.append(compare(name, label, plain, lightning, device))
+            print(f"{name:>11} {label:>20}: Lightning / plain = {rows[-1]['ratios']}", flush=True)
     payload = {
         "benchmark": "parity",
         "environment": environment(device),

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch._dynamo
 from torch.utils.data import DataLoader
 
 from benchmarks.timing import TrainerWindows, Windows, losses_as_floats
@@ -98,12 +99,15 @@ class ChannelsLast(pl.Callback):
 
 
 def fresh_start(
-    workload: Workload, sizes: dict[str, int], precision: Precision, device: torch.device
+    workload: Workload, sizes: dict[str, int], precision: Precision, device: torch.device, compile: bool
 ) -> pl.LightningModule:
-    """The same initial weights and a clean memory count for every run, Trainer or plain."""
+    """The same initial weights and a clean memory count for every run, Trainer or plain; compiled, a clean
+    Dynamo cache too (each new module would cost it a recompile, and past 8 Dynamo runs the code eagerly)."""
     precision.apply_tf32()
+    if compile:
+        torch._dynamo.reset()
     torch.manual_seed(0)
-    module = workload.build(sizes)
+    module = workload.build(sizes, compile)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -131,9 +135,12 @@ def run_trainer(
     device: torch.device,
     windows: Windows,
     data: DataLoader,
+    compile: bool = False,
+    profiler: pl.profilers.Profiler | None = None,
 ) -> dict[str, Any]:
-    """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses."""
-    module = fresh_start(workload, sizes, precision, device)
+    """Train the system's LightningModule for ``windows.total_steps`` batches; timing, memory, losses. Compiled,
+    the warm-up steps take the compilation. ``profiler``: Lightning's, timing its hooks (``benchmarks.profile``)."""
+    module = fresh_start(workload, sizes, precision, device, compile)
     timer = TrainerWindows(windows)
     # without a logger, Lightning's log folder is the root folder: what a module draws (the GAN's grid
     # after its last epoch) goes to a folder of its own, not into the working folder
@@ -151,6 +158,7 @@ def run_trainer(
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
+            profiler=profiler,
             callbacks=[timer, *([ChannelsLast()] if precision.channels_last else [])],
         )
         trainer.fit(module, train_dataloaders=data)
@@ -164,9 +172,11 @@ def run_plain(
     device: torch.device,
     windows: Windows,
     data: DataLoader,
+    compile: bool = False,
 ) -> dict[str, Any]:
-    """The same step in the workload's plain PyTorch loop, from the same initial weights."""
-    module = fresh_start(workload, sizes, precision, device)
+    """The same step in the workload's plain PyTorch loop, from the same initial weights (and networks compiled
+    as the system compiles them)."""
+    module = fresh_start(workload, sizes, precision, device, compile)
     losses = workload.plain_loop(module, data, device, precision, windows)
     return finish(windows, device, module, losses)
 
@@ -196,7 +206,18 @@ def common_arguments(parser: argparse.ArgumentParser, precisions: list[str], run
         default=runs,
         help="runs of each setting, taking turns; the median run is reported",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="each setting also with the systems' compile=True (torch.compile, inductor): a '+compile' row",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="results root folder")
+
+
+def settings(args: argparse.Namespace) -> list[tuple[Precision, bool, str]]:
+    """The precisions asked for, each eager and, with ``--compile``, compiled: (precision, compile, row label)."""
+    modes = (False, True) if args.compile else (False,)
+    return [(PRECISIONS[p], c, p + ("+compile" if c else "")) for p in args.precisions for c in modes]
 
 
 def workload_sizes(args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, int]]:

@@ -108,7 +108,7 @@ class Workload:
     unit: str  # what items/s counts: images or tokens
     convolutional: bool  # whether the channels_last mode applies
     presets: dict[str, dict[str, int]]
-    build: Callable[[dict[str, int]], pl.LightningModule]
+    build: Callable[[dict[str, int], bool], pl.LightningModule]  # (sizes, compile)
     batches: Callable[[dict[str, int], torch.Generator], list[Any]]  # a few distinct CPU batches
     items: Callable[[dict[str, int]], int]  # items in one batch
     # the same training step, written plainly: (module, batches on the host, device, precision, windows)
@@ -118,7 +118,7 @@ class Workload:
 # ---------------------------------------------------------------------------------------------- classifier
 
 
-def _classifier(sizes: dict[str, int]) -> pl.LightningModule:
+def _classifier(sizes: dict[str, int], compile: bool) -> pl.LightningModule:
     from systems.classifier import Classifier
 
     side = sizes["image"]
@@ -130,6 +130,7 @@ def _classifier(sizes: dict[str, int]) -> pl.LightningModule:
         dropout=0.0,
         scheduler_interval="step",
         skip_nonfinite=False,
+        compile=compile,
     )
 
 
@@ -192,7 +193,7 @@ CLASSIFIER = Workload(
 # ------------------------------------------------------------------------------------------------- seq2seq
 
 
-def _seq2seq(sizes: dict[str, int]) -> pl.LightningModule:
+def _seq2seq(sizes: dict[str, int], compile: bool) -> pl.LightningModule:
     from systems.seq2seq import Seq2Seq
 
     return Seq2Seq(
@@ -202,6 +203,7 @@ def _seq2seq(sizes: dict[str, int]) -> pl.LightningModule:
         num_layers=sizes["layers"],
         truncated_bptt_steps=sizes["chunk"],
         num_examples=0,
+        compile=compile,
     )
 
 
@@ -242,6 +244,7 @@ def _seq2seq_plain(
         gradient_clip_val=hparams.gradient_clip_val,
         carry_states=hparams.carry_states,
         autocast_dtype=precision.autocast_dtype,
+        loss_fn=module.loss_fn,
         on_step=windows.tick,
     )
 
@@ -265,8 +268,8 @@ SEQ2SEQ = Workload(
 # ------------------------------------------------------------------------------------------------ transfer
 
 
-def _transfer(frozen: bool) -> Callable[[dict[str, int]], pl.LightningModule]:
-    def build(sizes: dict[str, int]) -> pl.LightningModule:
+def _transfer(frozen: bool) -> Callable[[dict[str, int], bool], pl.LightningModule]:
+    def build(sizes: dict[str, int], compile: bool) -> pl.LightningModule:
         from systems.transfer import TransferLearner
 
         arch = {18: "resnet18", 34: "resnet34", 50: "resnet50"}[sizes["depth"]]
@@ -281,6 +284,7 @@ def _transfer(frozen: bool) -> Callable[[dict[str, int]], pl.LightningModule]:
             unfreeze_at_epoch=None if frozen else 0,
             unfreeze_stages=5,
             bn_policy="frozen" if frozen else "train",
+            compile=compile,
         )
 
     return build
@@ -334,7 +338,7 @@ def _transfer_workload(frozen: bool) -> Workload:
 # ----------------------------------------------------------------------------------------------------- gan
 
 
-def _gan(sizes: dict[str, int]) -> pl.LightningModule:
+def _gan(sizes: dict[str, int], compile: bool) -> pl.LightningModule:
     from systems.gan import GAN
 
     side = sizes["image"]
@@ -350,6 +354,7 @@ def _gan(sizes: dict[str, int]) -> pl.LightningModule:
         lr_generator=5e-4,
         betas=(0.5, 0.9),
         judge=False,  # validation is off in these runs; the judge would only be trained for nothing
+        compile=compile,
     )
 
 

@@ -72,7 +72,9 @@ def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) 
     with torch.autocast(device_type=real.device.type, enabled=False):
         alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
         points = (alpha * real.float() + (1 - alpha) * fake.float()).requires_grad_(True)
-        (grads,) = torch.autograd.grad(critic(points).sum(), points, create_graph=True)
+        # critic.forward, not critic(): eager even where the critic is compiled, for a compiled graph has no
+        # double backward
+        (grads,) = torch.autograd.grad(critic.forward(points).sum(), points, create_graph=True)
         # the small constant keeps the norm's gradient finite where an input gradient is exactly zero
         return ((grads.flatten(1).square().sum(1) + 1e-12).sqrt() - 1).square().mean()
 

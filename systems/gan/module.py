@@ -39,7 +39,10 @@ class GAN(pl.LightningModule):
         grid_every_n_epochs: draw the grid after every N-th training epoch (and after the last).
         grid_scale: each image pixel becomes ``grid_scale`` x ``grid_scale`` pixels in the PNG.
         judge: score the samples at each validation with a judge trained on the data's own labelled images.
-        judge_samples: generated images scored at each validation."""
+        judge_samples: generated images scored at each validation.
+        compile: ``torch.compile`` the generator and the critic in place (``nn.Module.compile``; checkpoints keep their
+            keys): the penalty's double backward runs the critic's eager ``forward``, as compiled graphs have no
+            double backward; the average that draws the samples stays eager."""
 
     def __init__(
         self,
@@ -62,6 +65,7 @@ class GAN(pl.LightningModule):
         grid_scale: int = 4,
         judge: bool = True,
         judge_samples: int = 512,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +82,10 @@ class GAN(pl.LightningModule):
         self.generator = Generator(latent_dim, image_shape, width, generator_blocks)
         self.discriminator = Discriminator(image_shape, width)
         self.generator_ema = averaged(self.generator, ema_decay) if ema_decay else None
+        # after `averaged`: its deep copy of a compiled generator would call the original's forward
+        if compile:
+            self.generator.compile()
+            self.discriminator.compile()
         # a buffer: it follows the module to its device and is saved, so every grid shows the same latents
         latents = torch.randn(grid_size, latent_dim, generator=torch.Generator().manual_seed(0))
         self.register_buffer("fixed_latents", latents)

@@ -3,6 +3,7 @@ chunk steps that the LightningModule (``module.py``) and the plain loop (``plain
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -124,6 +125,13 @@ class StreamStep(nn.Module):
         return *(t.transpose(0, 1) for t in (*state.encoder, *state.decoder)), state.last_token
 
 
+def masked_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """The mean cross-entropy over the real steps (``mask`` True; padded steps add nothing, not even gradients;
+    0 with none) of logits (B, T, vocab) for targets (B, T)."""
+    losses = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
+    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)
+
+
 def chunk_loss(
     encoder: Encoder,
     decoder: Decoder,
@@ -131,9 +139,9 @@ def chunk_loss(
     targets: Tensor,
     mask: Tensor,
     state: StreamState | None,
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] = masked_cross_entropy,
 ) -> tuple[Tensor, Tensor, StreamState]:
-    """One chunk's training forward: the mean cross-entropy over its real steps (``mask`` True; padded steps
-    add nothing, not even gradients; 0 with none), its logits, and the state to hand to the next chunk."""
+    """One chunk's training forward: its loss (``loss_fn``, the masked cross-entropy or a compiled one), its
+    logits, and the state to hand to the next chunk."""
     logits, state = teacher_forced(encoder, decoder, inputs, targets, state)
-    losses = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
-    return losses.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1), logits, state
+    return loss_fn(logits, targets, mask), logits, state

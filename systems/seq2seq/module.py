@@ -28,6 +28,7 @@ from systems.seq2seq.model import (
     chunk_loss,
     detach_state,
     greedy,
+    masked_cross_entropy,
     time_chunks,
 )
 
@@ -51,6 +52,8 @@ class Seq2Seq(pl.LightningModule):
         gradient_clip_val: clip each chunk's gradient norm to this (0: no clipping): manual optimization does not
             clip for you, nor take ``Trainer(gradient_clip_val=...)``.
         num_examples: validation sequences whose decodings are written out at each epoch's end.
+        compile: ``torch.compile`` the loss over a chunk, for any chunk length (``dynamic``). Only that: Dynamo does
+            not trace ``nn.LSTM``, which stays PyTorch's fused LSTM kernel (README: what was tried).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Seq2Seq(pl.LightningModule):
         weight_decay: float = 0.0,
         gradient_clip_val: float = 1.0,
         num_examples: int = 4,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +82,7 @@ class Seq2Seq(pl.LightningModule):
         self.automatic_optimization = False  # the chunk loop steps the optimizer, not Lightning per batch
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
+        self.loss_fn = torch.compile(masked_cross_entropy, dynamic=True) if compile else masked_cross_entropy
         # losses: MeanMetrics weighted by real tokens, so an epoch's loss is a mean per token; the training
         # accuracy skips its argument checks, which would sync the GPU with the host at every batch
         accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
@@ -116,7 +121,7 @@ class Seq2Seq(pl.LightningModule):
 
     def chunk_loss(self, inputs: Tensor, targets: Tensor, mask: Tensor, state: StreamState | None) -> tuple:
         """``model.chunk_loss`` on this system's nets: the chunk's loss, its logits, the state to hand on."""
-        return chunk_loss(self.encoder, self.decoder, inputs, targets, mask, state)
+        return chunk_loss(self.encoder, self.decoder, inputs, targets, mask, state, self.loss_fn)
 
     def carry(self, state: StreamState) -> StreamState | None:
         """What the next chunk starts from: the state detached (gradients stop at the border), or nothing."""

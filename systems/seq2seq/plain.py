@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-from systems.seq2seq.model import Decoder, Encoder, chunk_loss, detach_state, greedy, time_chunks
+from systems.seq2seq.model import (
+    Decoder,
+    Encoder,
+    chunk_loss,
+    detach_state,
+    greedy,
+    masked_cross_entropy,
+    time_chunks,
+)
 
 
 def train(
@@ -28,11 +36,13 @@ def train(
     gradient_clip_val: float = 1.0,
     carry_states: bool = True,
     autocast_dtype: torch.dtype | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = masked_cross_entropy,
     on_step: Callable[[], None] = lambda: None,
 ) -> list[torch.Tensor]:
     """Train on ``batches`` of ``(inputs, targets, lengths)`` (CPU tensors, padded), one AdamW step per
     chunk of ``truncated_bptt_steps`` steps; ``on_step`` is called after each batch. The hyper-parameters
-    mean what ``Seq2Seq``'s do. Returns each batch's loss per real token (detached)."""
+    mean what ``Seq2Seq``'s do (``loss_fn``: its ``loss_fn``, compiled or not). Returns each batch's loss per
+    real token (detached)."""
     encoder.train()
     decoder.train()
     parameters = [*encoder.parameters(), *decoder.parameters()]
@@ -50,7 +60,7 @@ def train(
             with torch.autocast(
                 device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None, cache_enabled=False
             ):
-                loss, _, state = chunk_loss(encoder, decoder, x, y, m, state)
+                loss, _, state = chunk_loss(encoder, decoder, x, y, m, state, loss_fn)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
             if gradient_clip_val > 0:

@@ -47,6 +47,8 @@ class TransferLearner(pl.LightningModule):
         weight_decay: AdamW weight decay of both groups.
         dropout: dropout before the linear head.
         channels_last: NHWC weights and images, the layout bf16/fp16 convolutions need for tensor cores.
+        compile: ``torch.compile`` the backbone and the head in place (``nn.Module.compile``): checkpoints keep their
+            keys and load with or without it; unfreezing a stage compiles the backbone once more.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class TransferLearner(pl.LightningModule):
         weight_decay: float = 1e-4,
         dropout: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -77,6 +80,9 @@ class TransferLearner(pl.LightningModule):
             unfreeze(self.backbone, unfreeze_stages, bn_policy)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()
+            self.head.compile()
         self.weights_loaded = weights is None  # True once the backbone holds them (`weights` or a checkpoint)
         # validate_args=False: its label checks would sync the GPU with the host at every training step
         self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)

@@ -91,3 +91,19 @@ def test_each_plain_loop_does_what_its_lightning_module_does(name: str, tmp_path
     )
     for row in payload["rows"]:
         assert row["same_result"], (row["precision"], row["max_weight_difference"])
+
+
+@pytest.mark.slow
+# transfer-full's module is transfer-frozen's, unfrozen
+@pytest.mark.parametrize("name", sorted(set(WORKLOADS) - {"transfer-full"}))
+def test_compile_adds_a_compiled_row_whose_loops_still_agree(name: str, tmp_path: Path) -> None:
+    """``--compile``: each precision twice, eager and ``+compile``, in both benchmarks; the plain loop runs the
+    networks the system compiled, so Lightning and plain still end with the same weights."""
+    args = [*TINY, "--workloads", name, "--precisions", "fp32", "--runs=1"]
+    timed = amp.main([*args, "--compile", "--out", str(tmp_path / "amp")])
+    assert [(r["precision"], r["status"]) for r in timed["rows"]] == [("fp32", "ok"), ("fp32+compile", "ok")]
+    assert "| fp32+compile |" in (only_folder(tmp_path / "amp") / "amp.md").read_text()
+    compared = parity.main([*args, "--compile", "--out", str(tmp_path / "parity")])
+    compiled = compared["rows"][1]
+    assert compiled["precision"] == "fp32+compile"
+    assert compiled["same_result"], compiled["max_weight_difference"]
