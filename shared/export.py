@@ -65,7 +65,8 @@ def load_system(name: str, checkpoint: dict[str, Any]) -> pl.LightningModule:
     package = importlib.import_module(f"systems.{name}")
     (system,) = (c for n in package.__all__ if issubclass(c := getattr(package, n), pl.LightningModule))
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
-    model = system(**hparams)
+    # a compiled run's networks are built eager: export traces them itself
+    model = system(**hparams | {"compile": False})
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
