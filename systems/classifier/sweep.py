@@ -117,6 +117,10 @@ def sweep(cli: SweepCLI, optuna: Any) -> optuna.Study:
         config.trainer.fast_dev_run in (False, 0, None),
         "fast_dev_run logs no metric to rank trials by: drop it.",
     )
+    require(
+        config.trainer.limit_val_batches != 0,
+        f"--trainer.limit_val_batches=0 validates nothing, and the sweep ranks trials by {monitor}: raise it.",
+    )
     base = cli.parser.dump(config.clone(), skip_check=True)
     base = yaml.safe_dump({k: v for k, v in yaml.safe_load(base).items() if k not in SWEEP_FLAGS})
     path = Path(config.study)
@@ -159,29 +163,31 @@ def run_trial(study: optuna.Study, base: str, path: Path, made: list[Path], optu
     trial = study.ask()
     try:
         flags = [f"--model.{name}={suggest(trial, name, *space)}" for name, space in SEARCH_SPACE.items()]
-        cli = TrialCLI(trial, ["fit", "--config", base, *flags])
+        trainer = TrialCLI(trial, ["fit", "--config", base, *flags]).trainer
+        best = next(c for c in trainer.callbacks if isinstance(c, BestCheckpoint))
+        value = float(best.best_model_score)
+        for name, tested in trainer.callback_metrics.items():
+            if name.startswith("test/"):
+                trial.set_user_attr(name, float(tested))
     except optuna.TrialPruned as pruned:
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         print(f"Trial {trial.number} pruned: {pruned}.")
         return
     except BaseException as stop:
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if isinstance(stop, SystemExit) and stop.code == 2 and made and len(study.trials) == 1:
+        mistake = isinstance(stop, SystemExit) and stop.code == 2
+        if mistake and made and len(study.trials) == 1:
             for written in made:  # a mistake in the flags, found by the first trial: nothing written
                 if written.is_file():
                     written.unlink()
                 elif written.is_dir() and not any(written.iterdir()):
                     written.rmdir()
-        elif isinstance(stop, SystemExit) and stop.code != 2:
+        elif not mistake:  # Ctrl-C, SIGTERM, a failed write, a bug
             goes_on = "the same command goes on with the study"
             print(f"Trial {trial.number} is recorded as failed in {path}; {goes_on}.", file=sys.stderr)
         raise
-    best = next(c for c in cli.trainer.callbacks if isinstance(c, BestCheckpoint))
-    tested = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
-    for name, value in tested.items():
-        trial.set_user_attr(name, value)
-    study.tell(trial, float(best.best_model_score))
-    print(f"Trial {trial.number}: {best.monitor} {float(best.best_model_score):.4f}, {trial.params}.")
+    study.tell(trial, value)
+    print(f"Trial {trial.number}: {best.monitor} {value:.4f}, {trial.params}.")
 
 
 def suggest(trial: optuna.Trial, name: str, low: float, high: float, log: bool) -> float | int:

@@ -43,6 +43,23 @@ def test_without_optuna_the_sweep_names_the_install(
     assert not list(Path().iterdir())
 
 
+@pytest.mark.slow  # Optuna's import and a parse each: about 1 s
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--trials=0"], "--trials=0 runs nothing: set it to 1 or more."),
+        (["--checkpoint.monitor=null"], "The sweep ranks trials by checkpoint.monitor, which is unset"),
+        (["--trainer.limit_val_batches=0"], "--trainer.limit_val_batches=0 validates nothing"),
+        (["--trainer.fast_dev_run=true"], "fast_dev_run logs no metric to rank trials by: drop it."),
+    ],
+)
+def test_settings_that_cannot_rank_trials_are_refused_before_any_is_run(
+    optuna: Any, flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert message in refused(capsys, sweep, [*TINY, *flags])
+    assert not list(Path().iterdir())
+
+
 @pytest.mark.slow
 def test_a_mistake_the_first_trial_finds_leaves_nothing(
     optuna: Any, capsys: pytest.CaptureFixture[str]
