@@ -10,7 +10,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms.functional import pil_to_tensor
 
-from datamodules.common import ImageDataModule, seeded_split, to_images
+from datamodules.common import ImageDataModule, crop_and_flip, seeded_split, to_images
 from shared.downloads import fetch_or_explain
 from shared.errors import UserError, require
 
@@ -48,6 +48,8 @@ class CIFAR10DataModule(ImageDataModule):
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         num_workers: DataLoader worker processes (each image is decoded and resized on the fly).
         seed: seed of the train/val split and of the shuffle.
+        augment: crop each training image at random from it padded by an eighth, and mirror it half the time
+            (``crop_and_flip``), anew each epoch.
     """
 
     # per-channel mean and std of the 50,000 training images in [0, 1]
@@ -70,6 +72,7 @@ class CIFAR10DataModule(ImageDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
+        augment: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
         require(
@@ -86,6 +89,7 @@ class CIFAR10DataModule(ImageDataModule):
         self.class_names = [self.names[i] for i in self.classes]
         side = image_size or 32
         self.dims = (3, side, side)
+        self.augmentation = crop_and_flip(side, self.value_range) if augment else None
 
     @property
     def folder(self) -> Path:

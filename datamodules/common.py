@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, random_split
+from torchvision.transforms import v2
 
 from shared.errors import require
 from shared.resume import resumable_loader
@@ -46,15 +47,31 @@ def to_images(pixels: torch.Tensor, image_size: int | None, value_range: tuple[f
     return images * (value_range[1] - value_range[0]) + value_range[0]
 
 
+def small_affine(value_range: tuple[float, float]) -> v2.Transform:
+    """Handwriting's augmentation: a little rotation, shift and scale, the uncovered corners background."""
+    return v2.RandomAffine(
+        10, (0.1, 0.1), (0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR, fill=value_range[0]
+    )
+
+
+def crop_and_flip(side: int, value_range: tuple[float, float]) -> v2.Transform:
+    """Photographs' augmentation: a random ``side``-px crop of the image padded by an eighth, a mirror half the time."""
+    return v2.Compose(
+        [v2.RandomCrop(side, padding=side // 8, fill=value_range[0]), v2.RandomHorizontalFlip()]
+    )
+
+
 class ImageDataModule(pl.LightningDataModule):
     """Labelled images in train, val and test splits, which subclasses make in ``setup``, with the facts a model
     needs (``num_classes``, ``dims``, and ``mean``, ``std`` from ``pixel_mean``, ``pixel_std`` in [0, 1]) and the
-    ``class_names``. Its arguments are saved in every checkpoint, so that ``predict`` on one's own images can make
-    them as these were (``datamodules/own.py``)."""
+    ``class_names``; with ``augment``, the training batches go through ``augmentation``, a ``transforms.v2``
+    pipeline. Its arguments are saved in every checkpoint, so that ``predict`` on one's own images can make them as
+    these were (``datamodules/own.py``)."""
 
     pixel_mean: tuple[float, ...] = (0.5,)
     pixel_std: tuple[float, ...] = (0.5,)
     train_set = val_set = test_set = None
+    augmentation: v2.Transform | None = None
 
     def __init__(
         self, batch_size: int, num_workers: int, shuffle: bool, seed: int, size: Any, value_range: Any
@@ -81,6 +98,15 @@ class ImageDataModule(pl.LightningDataModule):
     @property
     def std(self) -> tuple[float, ...]:
         return tuple(s * (self.value_range[1] - self.value_range[0]) for s in self.pixel_std)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Each training image transformed on its own, here in the training process, by draws from the global random
+        state: every checkpoint holds that state (``RandomState``), so a resumed run draws what an uninterrupted one
+        would, whatever the ``num_workers`` (a worker's own random state is in no checkpoint)."""
+        if self.augmentation is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return torch.stack([self.augmentation(image) for image in images]), labels
 
     def train_dataloader(self) -> DataLoader:
         return make_loader(self, self.train_set, train=True)

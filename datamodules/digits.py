@@ -8,7 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import TensorDataset
 
-from datamodules.common import ImageDataModule, seeded_split, to_images
+from datamodules.common import ImageDataModule, seeded_split, small_affine, to_images
 from shared.errors import require
 
 
@@ -27,6 +27,7 @@ class DigitsDataModule(ImageDataModule):
         seed: seed of the train/val/test split and of the shuffle.
         half: only the ``first`` or ``second`` half of the images (as scikit-learn orders them), so that two runs,
             e.g. a pretraining and a transfer, never share an image; null: all of them.
+        augment: turn, shift and scale each training image a little (``small_affine``), anew each epoch.
     """
 
     pixel_mean, pixel_std = (0.3053,), (0.3760,)
@@ -43,8 +44,10 @@ class DigitsDataModule(ImageDataModule):
         num_workers: int = 0,
         seed: int = 42,
         half: Literal["first", "second"] | None = None,
+        augment: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
+        self.augmentation = small_affine(self.value_range) if augment else None
         require(
             0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1,
             f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) and sum "

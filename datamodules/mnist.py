@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 from torchvision.datasets import MNIST, FashionMNIST
 
-from datamodules.common import ImageDataModule, seeded_split, to_images
+from datamodules.common import ImageDataModule, seeded_split, small_affine, to_images
 from shared.downloads import fetch_or_explain
 from shared.errors import UserError, require
 
@@ -42,6 +42,7 @@ class MNISTDataModule(ImageDataModule):
         shuffle: shuffle the training set each epoch (seeded by ``seed`` and the epoch).
         num_workers: DataLoader worker processes (the data is a tensor in memory: 0 is fastest).
         seed: seed of the train/val split and of the shuffle.
+        augment: turn, shift and scale each training image a little (``small_affine``), anew each epoch.
     """
 
     num_classes = 10
@@ -60,8 +61,10 @@ class MNISTDataModule(ImageDataModule):
         shuffle: bool = True,
         num_workers: int = 0,
         seed: int = 42,
+        augment: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers, shuffle, seed, image_size, value_range)
+        self.augmentation = small_affine(self.value_range) if augment else None
         require(val_size >= 0, f"data.val_size must be 0 or more, got {val_size}.")
         require(0 < train_fraction <= 1, f"data.train_fraction must be in (0, 1], got {train_fraction}.")
         self.dataset = dataset

@@ -98,10 +98,11 @@ class ResumableLoader(DataLoader):
         self._resume = dict(state_dict)
 
     def __iter__(self) -> Iterator[Any]:
-        return self._serve(super().__iter__())
+        return self._serve()
 
-    def _serve(self, batches: Iterator[Any]) -> Iterator[Any]:
-        # runs at the first batch, after the Trainer set the sampler's epoch (DDP's sampler has one too)
+    def _serve(self) -> Iterator[Any]:
+        # runs at the first batch, after the Trainer set the sampler's epoch (DDP's sampler has one too); a resumed
+        # Trainer calls iter() before that, and worker processes take the epoch's order as their iterator is made
         self._epoch, resume, self._resume = getattr(self.sampler, "epoch", None), self._resume, None
         same = resume is not None and self._epoch is not None and resume["epoch"] == self._epoch
         self._served = resume["batches"] if same else 0
@@ -112,7 +113,7 @@ class ResumableLoader(DataLoader):
             at = f"The checkpoint stopped {self._served} batches into epoch {self._epoch} with {', '.join(changed)}"
             fix = "its data set, split, batch_size, seed and shuffle, or from a checkpoint written at an epoch's end"
             raise UserError(f"{at}: resume with {fix}.")
-        for batch in itertools.islice(batches, self._served, None):
+        for batch in itertools.islice(super().__iter__(), self._served, None):
             if ResumableLoader.stop is not None:
                 raise Interrupted(ResumableLoader.stop)
             self._served += 1

@@ -30,7 +30,9 @@ class BatchLog(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path: Path, shuffle: bool, ckpt_path: str | None = None, **trainer_args: object) -> BatchLog:
+def _fit(
+    tmp_path: Path, shuffle: bool, ckpt_path: str | None = None, workers: int = 0, **trainer_args: object
+) -> BatchLog:
     model = BatchLog()
     trainer_args = {"max_epochs": 2, "limit_val_batches": 0, **trainer_args}
     trainer = pl.Trainer(
@@ -40,7 +42,8 @@ def _fit(tmp_path: Path, shuffle: bool, ckpt_path: str | None = None, **trainer_
         enable_model_summary=False,
         **trainer_args,
     )
-    trainer.fit(model, datamodule=DigitsDataModule(batch_size=256, shuffle=shuffle), ckpt_path=ckpt_path)
+    data = DigitsDataModule(batch_size=256, shuffle=shuffle, num_workers=workers)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     return model
 
 
@@ -55,6 +58,19 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_batches_still_due(tmp_path: Pat
     _fit(tmp_path / "stopped", shuffle, max_steps=3, callbacks=[every_3])
     resumed = _fit(tmp_path / "resumed", shuffle, ckpt_path=str(tmp_path / "ckpt" / "step=3.ckpt"))
     assert resumed.seen == whole.seen[3:]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_in_a_later_epoch_resumes_that_epochs_order_with_loader_workers(tmp_path: Path) -> None:
+    """Lightning makes the resumed loader's iterator before it sets the sampler's epoch, and workers take their
+    indices as the iterator is made: the loader makes it at the first batch, when the epoch is set."""
+    whole = _fit(tmp_path / "whole", True, workers=2)
+    every_4 = ModelCheckpoint(
+        dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=4, save_top_k=-1
+    )
+    _fit(tmp_path / "stopped", True, workers=2, max_steps=8, callbacks=[every_4])
+    resumed = _fit(tmp_path / "resumed", True, workers=2, ckpt_path=str(tmp_path / "ckpt" / "step=8.ckpt"))
+    assert resumed.seen == whole.seen[8:]  # epoch 1's last two batches
 
 
 def test_an_epoch_end_checkpoint_starts_the_next_epoch_from_its_first_batch(tmp_path: Path) -> None:

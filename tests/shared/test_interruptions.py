@@ -65,6 +65,18 @@ def test_ctrl_c_anywhere_in_fit_saves_a_state_that_resumes_bit_identically(
     assert logged_steps(resumed.trainer.log_dir) == logged_steps(straight.trainer.log_dir)
 
 
+@pytest.mark.slow
+def test_ctrl_c_with_augmentation_and_loader_workers_resumes_bit_identically() -> None:
+    """The augmentation's draws are part of the saved state, and loader workers change nothing."""
+    flags = ["--data.augment=true", "--data.num_workers=2"]
+    straight = main([*RUN, *flags])
+    _, checkpoint = interrupted(*flags, send_signal("after_backward", 1, 2))
+    resumed = main([*RUN, *flags, f"--ckpt_path={checkpoint}"])
+    assert_same_weights(resumed.model, straight.model)
+    plain = main(RUN)  # the control: augmentation did change what was trained
+    assert not torch.equal(plain.model.net.head[1].weight, straight.model.net.head[1].weight)
+
+
 def test_a_stop_after_the_last_batch_lets_fit_finish_but_exits_130(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
