@@ -14,7 +14,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch._dynamo
 from torch.utils.data import DataLoader
 
 from benchmarks.timing import TrainerWindows, Windows, losses_as_floats
@@ -105,7 +104,7 @@ def fresh_start(
     Dynamo cache too (each new module would cost it a recompile, and past 8 Dynamo runs the code eagerly)."""
     precision.apply_tf32()
     if compile:
-        torch._dynamo.reset()
+        torch.compiler.reset()
     torch.manual_seed(0)
     module = workload.build(sizes, compile)
     if device.type == "cuda":
