@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,24 @@ def run_module(
         text=True,
         timeout=timeout,
     )
+
+
+def ctrl_c_after_first_epoch(module: str, *args: str, cwd: Path) -> tuple[int, str]:
+    """Run ``python -m module args`` in ``cwd``, send it Ctrl-C once the classifier's first ``last.ckpt`` is written
+    (its first epoch has ended), and return its exit status and standard error."""
+    command = [sys.executable, "-m", module, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # all of it: a GPU machine's CUDA needs its variables
+    process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+    last = cwd / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no last.ckpt; the run's stderr ends: {process.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    return process.returncode, err
 
 
 class SendSignal(pl.Callback):

@@ -23,26 +23,14 @@ from systems.seq2seq.train import main as seq2seq_main
 from systems.transfer import TransferLearner
 from systems.transfer.train import main as transfer_main
 from tests.helpers import QUIET, weights
+from tests.systems.seq2seq.test_seq2seq_cli import TINY
 
 # each system's CLI and flags for a run of three training batches (no dropout: a compiled dropout draws its own
 # random numbers, so its masks differ from the eager ones)
 RUNS = {
     "classifier": (classifier_main, ["--model.dropout=0"]),
     "gan": (gan_main, ["--model.width=8", "--model.latent_dim=16", "--model.judge=false"]),
-    "seq2seq": (
-        seq2seq_main,
-        [
-            "--data.init_args.train_size=36",
-            "--data.init_args.val_size=12",
-            "--data.init_args.test_size=12",
-            "--data.init_args.min_length=20",
-            "--data.init_args.max_length=45",
-            "--data.init_args.batch_size=12",
-            "--model.hidden_size=16",
-            "--model.embedding_dim=8",
-            "--model.truncated_bptt_steps=8",
-        ],
-    ),
+    "seq2seq": (seq2seq_main, TINY),
     "transfer": (
         transfer_main,
         ["--model.weights=null", "--data.init_args.image_size=16", "--data.init_args.batch_size=8"],

@@ -15,7 +15,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from systems.classifier.train import main
-from tests.helpers import QUIET, ROOT, assert_same_weights, logged_steps, refused, send_signal
+from tests.helpers import (
+    QUIET,
+    ROOT,
+    assert_same_weights,
+    ctrl_c_after_first_epoch,
+    logged_steps,
+    refused,
+    send_signal,
+)
 
 RUN = [
     "fit",
@@ -145,23 +153,12 @@ def test_an_exception_saves_nothing_and_keeps_its_traceback(monkeypatch: pytest.
 @pytest.mark.slow
 def test_ctrl_c_through_the_real_command_line(tmp_path: Path) -> None:
     """A real SIGINT: the message, the checkpoint, exit status 130."""
-    command = [sys.executable, "-m", "systems.classifier.train", *RUN[:1], *QUIET]
-    command += ["--trainer.max_epochs=100", "--test_after_fit=false", "--model.lr=1e-4"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # all of it: a GPU machine's CUDA needs its variables
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no last.ckpt; the run's stderr ends: {process.communicate()[1][-2000:]}")
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err[-2000:]
+    flags = [*RUN[:1], *QUIET, "--trainer.max_epochs=100", "--test_after_fit=false", "--model.lr=1e-4"]
+    status, err = ctrl_c_after_first_epoch("systems.classifier.train", *flags, cwd=tmp_path)
+    assert status == 130, err[-2000:]
     assert "Traceback" not in err
     assert "Ctrl-C: stopping after this batch" in err
-    assert (last.parent / "interrupted.ckpt").is_file()
+    assert (tmp_path / "lightning_logs/classifier/version_0/checkpoints/interrupted.ckpt").is_file()
 
 
 def test_a_resumed_run_can_be_stopped_again_in_the_epoch_it_resumed() -> None:

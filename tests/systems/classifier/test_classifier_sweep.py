@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +10,7 @@ import pytest
 import yaml
 
 from systems.classifier.sweep import main as sweep
-from tests.helpers import QUIET, ROOT, extra, refused
+from tests.helpers import QUIET, ctrl_c_after_first_epoch, extra, refused
 
 STUDY = Path("sweep.db")
 # two epochs of a few batches each, the study in ./sweep.db
@@ -119,23 +115,12 @@ def test_ctrl_c_in_a_trial_records_it_as_failed_and_the_same_command_goes_on(
     optuna: Any, tmp_path: Path
 ) -> None:
     flags = [*QUIET, "--study=sweep.db", "--trials=2", "--trainer.max_epochs=4", "--test_after_fit=false"]
-    command = [sys.executable, "-m", "systems.classifier.sweep", *flags]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    last = tmp_path / "lightning_logs/classifier/version_0/checkpoints/last.ckpt"
-    deadline = time.monotonic() + 120
-    while not last.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no last.ckpt; the sweep's stderr ends: {process.communicate()[1][-2000:]}")
-        time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err[-2000:]
+    status, err = ctrl_c_after_first_epoch("systems.classifier.sweep", *flags, cwd=tmp_path)
+    assert status == 130, err[-2000:]
     assert "Traceback" not in err
     assert "Trial 0 is recorded as failed in sweep.db; the same command goes on with the study" in err
     assert [t.state for t in trials()] == [optuna.trial.TrialState.FAIL]
-    assert (last.parent / "interrupted.ckpt").is_file()
+    assert (tmp_path / "lightning_logs/classifier/version_0/checkpoints/interrupted.ckpt").is_file()
     sweep(flags)  # the same command: the study is whole, two trials are added
     states = [t.state for t in trials()]
     assert states[0] == optuna.trial.TrialState.FAIL and len(states) == 3
