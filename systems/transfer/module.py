@@ -48,7 +48,7 @@ class TransferLearner(pl.LightningModule):
         dropout: dropout before the linear head.
         channels_last: NHWC weights and images, the layout bf16/fp16 convolutions need for tensor cores.
         compile: ``torch.compile`` the backbone and the head in place (``nn.Module.compile``): checkpoints keep their
-            keys and load with or without it; unfreezing a stage compiles the backbone once more.
+            keys and load with or without it.
     """
 
     def __init__(
