@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torchmetrics.classification import MulticlassAccuracy
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from shared.errors import epochs_to_train, require
-from shared.visuals import epoch_file, tensorboards, to_trackers
+from systems.classifier.callbacks import ConfusionMatrix
 from systems.classifier.model import BufferNormalize, ConvNet, TypeAsNormalize
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 
 class Classifier(pl.LightningModule):
@@ -79,9 +74,6 @@ class Classifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, validate_args=False)
         self.val_acc, self.test_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
         self.skipped_batches = 0
-        # what validation_step keeps for on_validation_epoch_end (1.x passed it as `outputs`); freed there
-        self.val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.confusion_matrix: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -110,11 +102,13 @@ class Classifier(pl.LightningModule):
         self._record("train", logits, y, loss)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> tuple[torch.Tensor, ...]:
         x, y = batch
         logits = self(x)
         self._record("val", logits, y, F.cross_entropy(logits, y))
-        self.val_outputs.append((logits.argmax(dim=1), y))
+        return logits.argmax(dim=1), y  # for the confusion matrix (callbacks.py)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -132,25 +126,8 @@ class Classifier(pl.LightningModule):
         )
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
-    def on_validation_epoch_end(self) -> None:
-        preds = torch.cat([p for p, _ in self.val_outputs])
-        targets = torch.cat([t for _, t in self.val_outputs])
-        self.val_outputs.clear()
-        # under DDP each process kept its own shard: gather them so the matrix covers the whole split
-        preds, targets = self.all_gather(preds).flatten(), self.all_gather(targets).flatten()
-        self.confusion_matrix = multiclass_confusion_matrix(preds, targets, self.hparams.num_classes).cpu()
-        if (
-            png := epoch_file(self.trainer, "val/confusion_matrix", ".png")
-        ) is not None:  # every process asks
-            figure = confusion_figure(self.confusion_matrix)
-            figure.savefig(png, dpi=100, bbox_inches="tight")
-            np.savetxt(
-                png.with_suffix(".csv"), self.confusion_matrix.numpy(), fmt="%d", delimiter=","
-            )  # the counts
-            for writer in tensorboards(self.trainer):
-                writer.add_figure("val/confusion_matrix", figure, global_step=self.global_step)
-            for path in (png, png.with_suffix(".csv")):
-                to_trackers(self.trainer, path, "val/confusion_matrix")
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [ConfusionMatrix()]
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Class probabilities for a batch of images (a bare tensor or an ``(images, labels)`` pair)."""
@@ -185,14 +162,3 @@ class Classifier(pl.LightningModule):
             require(math.isfinite(periods), f"{unbounded}: set --trainer.max_epochs or --trainer.max_steps.")
         scheduler = CosineAnnealingLR(optimizer, T_max=max(1, int(periods)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
-
-
-def confusion_figure(matrix: torch.Tensor) -> Figure:
-    """Rows are true classes, columns predicted ones, each cell its count: drawn by torchmetrics."""
-    from matplotlib.figure import Figure
-    from torchmetrics.utilities.plot import plot_confusion_matrix
-
-    figure, axes = plot_confusion_matrix(matrix, ax=Figure(figsize=(5, 4.5)).subplots())
-    axes.set(xlabel="predicted", ylabel="true")
-    axes.set_title(f"validation: {int(matrix.diagonal().sum())} of {int(matrix.sum())} right")
-    return figure

@@ -16,6 +16,7 @@ from datamodules import DigitsDataModule
 from datamodules.mnist import PACKAGED
 from shared.errors import UserError
 from systems.classifier import Classifier
+from systems.classifier.callbacks import ConfusionMatrix
 from systems.classifier.model import TypeAsNormalize
 from systems.classifier.train import main
 from tests.helpers import QUIET, ROOT, real_data
@@ -226,8 +227,9 @@ def test_without_the_guard_a_nan_batch_poisons_the_model() -> None:
 
 def test_validation_outputs_are_kept_for_the_epoch_end_then_freed() -> None:
     cli = main(["fit", *SHORT, "--trainer.limit_val_batches=1.0"])
-    assert cli.model.val_outputs == []
-    matrix = cli.model.confusion_matrix
+    confusion = next(c for c in cli.trainer.callbacks if isinstance(c, ConfusionMatrix))  # the module's own
+    assert confusion.outputs == []
+    matrix = confusion.matrix
     assert matrix.shape == (10, 10) and int(matrix.sum()) == 180  # every validation image, once
     figures = sorted(p.name for p in (Path(cli.trainer.log_dir) / "val_confusion_matrix").iterdir())
     assert figures == ["epoch=000.csv", "epoch=000.png", "epoch=001.csv", "epoch=001.png"]
