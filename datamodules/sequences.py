@@ -30,6 +30,11 @@ def padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     return torch.arange(max_length, device=lengths.device) < lengths.unsqueeze(1)
 
 
+def pad_steps(tokens: torch.Tensor, length: int, pad: int) -> torch.Tensor:
+    """(B, T) tokens padded with ``pad`` to (B, ``length``) steps."""
+    return F.pad(tokens, (0, length - tokens.shape[1]), value=pad)
+
+
 def collate_sequences(samples: list[tuple[torch.Tensor, ...]]) -> SequenceBatch:
     """Stack the samples and cut the padding down to the longest sequence of this batch."""
     inputs, targets, lengths = (torch.stack(column) for column in zip(*samples, strict=True))

@@ -20,6 +20,14 @@ class StreamState(NamedTuple):
     decoder: LSTMState
     last_token: Tensor
 
+    def tensors(self) -> list[Tensor]:
+        """The state as a list of its five tensors (as a checkpoint keeps it); ``StreamState.of`` reads it back."""
+        return [*self.encoder, *self.decoder, self.last_token]
+
+    @classmethod
+    def of(cls, tensors: list[Tensor]) -> StreamState:
+        return cls(tuple(tensors[:2]), tuple(tensors[2:4]), tensors[4])
+
 
 def detach_state(state: StreamState) -> StreamState:
     """Cut the autograd history at a chunk border (``repackage_hidden`` in pytorch/examples): the values flow
@@ -118,6 +126,11 @@ class StreamStep(nn.Module):
         state = StreamState((h_e, c_e), (h_d, c_d), last_token)
         tokens, logits, state = greedy(self.encoder, self.decoder, token.unsqueeze(1), state)
         return tokens[:, 0], logits[:, 0], *self.flat(state)
+
+    @torch.no_grad()
+    def example(self, inputs: Tensor, k: int) -> tuple[Tensor, ...]:
+        """An input of the step: the streams' step ``k`` of ``inputs`` (B, T), with the state the steps before left."""
+        return inputs[:, k], *self.flat(greedy(self.encoder, self.decoder, inputs[:, :k])[2])
 
     @staticmethod
     def flat(state: StreamState) -> tuple[Tensor, ...]:

@@ -4,22 +4,19 @@ removed it; ``training_step`` does it by hand, under manual optimization (``plai
 
 from __future__ import annotations
 
-import copy
-import math
 from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import AdamW, lr_scheduler
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.sequences import SequenceBatch, padding_mask
+from datamodules.sequences import SequenceBatch, pad_steps, padding_mask
 from shared.errors import epochs_to_train, require
-from systems.seq2seq.evaluation import write_decodings
+from systems.seq2seq.evaluation import Decodings, StreamMetrics
 from systems.seq2seq.model import (
     Decoder,
     Encoder,
@@ -44,13 +41,11 @@ class Seq2Seq(pl.LightningModule):
         num_layers: LSTM layers of each net.
         truncated_bptt_steps: time steps per chunk, as 1.x's Trainer argument of that name.
         carry_states: pass the states on from chunk to chunk (TBPTT); False: each chunk afresh (the ablation).
-        carry_across_batches: the batches are contiguous streams (``TextDataModule``): each batch starts from the
-            state the one before left (reset at an epoch's start; in checkpoints), in training and evaluation;
-            evaluation then measures the loss and bits per token only. False: every batch afresh, as in 1.x.
+        carry_across_batches: the batches are contiguous streams (``TextDataModule``): each starts from the state the
+            one before left (reset each epoch; evaluation then measures loss and bits only). False: as in 1.x.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        gradient_clip_val: clip each chunk's gradient norm to this (0: no clipping): manual optimization does not
-            clip for you, nor take ``Trainer(gradient_clip_val=...)``.
+        gradient_clip_val: clip each chunk's gradient norm to this (0: none), as ``Trainer(gradient_clip_val)`` does not.
         num_examples: validation sequences whose decodings are written out at each epoch's end.
         compile: ``torch.compile`` the loss over a chunk, for any chunk length (``dynamic``). Only that: Dynamo does
             not trace ``nn.LSTM``, which stays PyTorch's fused LSTM kernel (README: what was tried).
@@ -87,10 +82,7 @@ class Seq2Seq(pl.LightningModule):
         # accuracy skips its argument checks, which would sync the GPU with the host at every batch
         accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
         self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy(validate_args=False)})
-        metrics = dict(loss=MeanMetric(), bpc=MeanMetric(), acc=accuracy(), exact=MeanMetric())
-        metrics["acc_past_first_chunk"] = accuracy()
-        self.eval_metrics = nn.ModuleDict({s: nn.ModuleDict(copy.deepcopy(metrics)) for s in ("val", "test")})
-        self.val_examples: list[Tensor] = []  # 1.x's validation_epoch_end(outputs); freed there
+        self.eval_metrics = nn.ModuleDict({stage: StreamMetrics(vocab_size) for stage in ("val", "test")})
         self.carried: StreamState | None = None  # where the training streams stand, across batches
         self.eval_carried: StreamState | None = None  # the same for validation and test
 
@@ -98,8 +90,7 @@ class Seq2Seq(pl.LightningModule):
         inputs, targets, lengths = batch
         if self.trainer.world_size > 1:  # under DDP every process must run as many chunks (each all-reduces)
             longest = int(self.all_gather(torch.tensor(inputs.shape[1], device=self.device)).max())
-            extra, pad = (0, longest - inputs.shape[1]), self.hparams.vocab_size
-            inputs, targets = F.pad(inputs, extra, value=pad), F.pad(targets, extra, value=pad)
+            inputs, targets = (pad_steps(t, longest, self.hparams.vocab_size) for t in (inputs, targets))
         mask, optimizer = padding_mask(lengths, inputs.shape[1]), self.optimizers()
         # as in 1.x, every batch starts a fresh stream; contiguous streams go on from the batch before
         state = self.carried if self.hparams.carry_across_batches and batch_idx > 0 else None
@@ -133,13 +124,11 @@ class Seq2Seq(pl.LightningModule):
         require(n == 1 or not across, f"model.carry_across_batches needs one process, not {n}: {fix}.")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # a resume goes on from this state
-        state = self.carried
-        checkpoint["stream_state"] = state and [*state.encoder, *state.decoder, state.last_token]
+        checkpoint["stream_state"] = self.carried and self.carried.tensors()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if saved := checkpoint.get("stream_state"):
-            saved = [t.to(self.device) for t in saved]
-            self.carried = StreamState(tuple(saved[:2]), tuple(saved[2:4]), saved[4])
+            self.carried = StreamState.of([t.to(self.device) for t in saved])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # each chunk's clip, here rather than in training_step: under 16-mixed Lightning unscales the gradients
@@ -169,12 +158,9 @@ class Seq2Seq(pl.LightningModule):
 
     def exportable(self, batch: SequenceBatch) -> tuple[nn.Module, tuple[Tensor, ...]]:
         """What ``python -m shared.export`` writes: ``forward`` one step at a time (``model.StreamStep``: streams of any
-        length; the chunks only cut gradients), and its input: the batch's step after the first chunk, with the state
-        that chunk left."""
-        inputs, step = batch[0], StreamStep(self.encoder, self.decoder)
-        k = min(self.hparams.truncated_bptt_steps, inputs.shape[1] - 1)
-        with torch.no_grad():
-            return step, (inputs[:, k], *step.flat(self(inputs[:, :k])[2]))
+        length; the chunks only cut gradients), and its input, the step after the batch's first chunk."""
+        step = StreamStep(self.encoder, self.decoder)
+        return step, step.example(batch[0], min(self.hparams.truncated_bptt_steps, batch[0].shape[1] - 1))
 
     def _evaluate(self, batch: SequenceBatch, stage: str, batch_idx: int) -> Tensor | None:
         """Validation's and test's step: the loss teacher-forced in chunks as in training (also in bits per token),
@@ -185,29 +171,21 @@ class Seq2Seq(pl.LightningModule):
         state, tokens = self.eval_carried if across and batch_idx > 0 else None, None
         for chunk in time_chunks(inputs.shape[1], k):
             loss, _, state = self.chunk_loss(inputs[:, chunk], targets[:, chunk], mask[:, chunk], state)
-            metrics["loss"].update(loss, weight=mask[:, chunk].sum())
-            metrics["bpc"].update(loss / math.log(2), weight=mask[:, chunk].sum())
+            metrics.update_loss(loss, mask[:, chunk])
             state = self.carry(state)
         self.eval_carried = state if across else None
         if not across:  # in a text the greedy stream would feed the decoder its guesses of the inputs
             tokens, _ = self.stream(inputs)
-            metrics["acc"](tokens[mask], targets[mask])
-            if mask[:, k:].any():  # where every target depends on what earlier chunks saw
-                metrics["acc_past_first_chunk"](tokens[:, k:][mask[:, k:]], targets[:, k:][mask[:, k:]])
-            metrics["exact"](((tokens == targets) | ~mask).all(dim=1).float())
+            metrics.update_stream(tokens, targets, mask, k)
         for name in ("loss", "bpc") if across else metrics:
             self.log(f"{stage}/{name}", metrics[name], prog_bar=stage == "val" and name in ("acc", "bpc"))
         return tokens
 
-    def validation_step(self, batch: SequenceBatch, batch_idx: int) -> None:
-        tokens = self._evaluate(batch, "val", batch_idx)
-        if batch_idx == 0 and tokens is not None:  # the first sequences: inputs, targets, lengths, outputs
-            self.val_examples = [t[: self.hparams.num_examples].cpu() for t in (*batch, tokens)]
+    def validation_step(self, batch: SequenceBatch, batch_idx: int) -> Tensor | None:
+        return self._evaluate(batch, "val", batch_idx)  # the tokens: Decodings writes the first few out
 
-    def on_validation_epoch_end(self) -> None:
-        examples, self.val_examples, hp = self.val_examples, [], self.hparams
-        if hp.num_examples and examples:
-            write_decodings(self.trainer, examples, hp.vocab_size, hp.truncated_bptt_steps)
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [Decodings(self.hparams.num_examples)] if self.hparams.num_examples else []
 
     def test_step(self, batch: SequenceBatch, batch_idx: int) -> None:
         self._evaluate(batch, "test", batch_idx)

@@ -11,6 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from systems.seq2seq import Seq2Seq
+from systems.seq2seq.evaluation import Decodings
 from systems.seq2seq.train import main
 from tests.helpers import QUIET, assert_same_weights, refused, run_module, send_signal
 
@@ -63,7 +64,8 @@ def test_fit_counts_one_step_per_chunk_and_logs_metrics_and_decodings() -> None:
     events = EventAccumulator(str(folder), size_guidance={"tensors": 0}).Reload()
     assert "val/decodings/text_summary" in events.Tags()["tensors"]
     assert (folder / "checkpoints" / "last.ckpt").is_file()
-    assert cli.model.val_examples == []  # kept for the epoch's end, freed there
+    decodings = next(c for c in cli.trainer.callbacks if isinstance(c, Decodings))  # the module's own
+    assert decodings.examples == []  # kept for the epoch's end, freed there
     assert cli.model.lr_schedulers().last_epoch == 1  # stepped by hand, once per epoch
 
 
