@@ -40,9 +40,8 @@ class GAN(pl.LightningModule):
         grid_scale: each image pixel becomes ``grid_scale`` x ``grid_scale`` pixels in the PNG.
         judge: score the samples at each validation with a judge trained on the data's own labelled images.
         judge_samples: generated images scored at each validation.
-        compile: ``torch.compile`` the generator and the critic in place (``nn.Module.compile``; checkpoints keep their
-            keys): the penalty's double backward runs the critic's eager ``forward``, as compiled graphs have no
-            double backward; the average that draws the samples stays eager."""
+        compile: ``torch.compile`` the generator and the critic in place (checkpoints keep their keys); the penalty's
+            double backward (compiled graphs have none) and the average that draws the samples stay eager."""
 
     def __init__(
         self,
@@ -125,8 +124,7 @@ class GAN(pl.LightningModule):
         schedulers = [LinearLR(opt, 1.0, hp.lr_decay_to, total) for opt in (d_optimizer, g_optimizer)]
         return [d_optimizer, g_optimizer], schedulers  # 1.x's order: the critic first
 
-    def on_train_epoch_end(self) -> None:
-        # manual optimization: Lightning steps no scheduler; this is their one cadence
+    def on_train_epoch_end(self) -> None:  # manual optimization: Lightning steps no scheduler, this does
         (d_scheduler, g_scheduler), hp = self.lr_schedulers(), self.hparams
         if hp.scheduler_cadence == "lightning_1x":
             # 1.9.5 (PR #4868): the optimizer active at the epoch's last batch, that batch counted over all
@@ -139,12 +137,11 @@ class GAN(pl.LightningModule):
                 g_scheduler.step()
 
     def on_train_start(self) -> None:
-        if not self.trainer.fast_dev_run and self.trainer.num_training_batches <= self.hparams.n_critic:
-            rank_zero_warn(
-                f"An epoch of {self.trainer.num_training_batches} batches, each starting with n_critic="
-                f"{self.hparams.n_critic} critic batches (as in 1.x): the generator never steps. Use more "
-                "batches per epoch (limit_train_batches) or a smaller n_critic."
-            )
+        batches, n_critic = self.trainer.num_training_batches, self.hparams.n_critic
+        fix = "Use more batches per epoch (limit_train_batches) or a smaller n_critic."
+        if not self.trainer.fast_dev_run and batches <= n_critic:
+            each = f"each starting with n_critic={n_critic} critic batches (as in 1.x)"
+            rank_zero_warn(f"An epoch of {batches} batches, {each}: the generator never steps. {fix}")
 
     def configure_callbacks(self) -> list[pl.Callback]:
         grid = SampleGrid(self.hparams.grid_every_n_epochs, self.hparams.grid_scale)
@@ -152,9 +149,8 @@ class GAN(pl.LightningModule):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` images in [-1, 1] as an ``(n, C, H, W)`` tensor."""
-        z = torch.randn(
-            n, self.hparams.latent_dim, generator=generator, device=None if generator else self.device
-        )
+        latent = self.hparams.latent_dim
+        z = torch.randn(n, latent, generator=generator, device=None if generator else self.device)
         return self.render(z.to(self.device))
 
     @property
@@ -165,8 +161,7 @@ class GAN(pl.LightningModule):
     @torch.no_grad()
     def render(self, z: torch.Tensor) -> torch.Tensor:
         """The sampling generator's images for latents ``z``, in eval mode: the same for the same latents."""
-        generator = self.sampling_generator
-        was_training = generator.training
+        generator, was_training = self.sampling_generator, self.sampling_generator.training
         images = generator.eval()(z).float()
         generator.train(was_training)
         return images
@@ -174,8 +169,7 @@ class GAN(pl.LightningModule):
     forward = render  # model(z): the samples for latents z
 
     def exportable(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
-        """What ``python -m shared.export`` writes: the sampling generator (latents ~ N(0, 1) -> images in [-1, 1]) and
-        its input, the grid's fixed latents (the data's batch is not needed)."""
+        """What ``python -m shared.export`` writes: the sampling generator (latents -> images), with the grid's latents."""
         return self.sampling_generator, (self.fixed_latents,)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:

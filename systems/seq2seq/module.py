@@ -4,7 +4,6 @@ removed it; ``training_step`` does it by hand, under manual optimization (``plai
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -78,10 +77,10 @@ class Seq2Seq(pl.LightningModule):
         self.encoder = Encoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.decoder = Decoder(vocab_size, embedding_dim, hidden_size, num_layers)
         self.loss_fn = torch.compile(masked_cross_entropy, dynamic=True) if compile else masked_cross_entropy
-        # losses: MeanMetrics weighted by real tokens, so an epoch's loss is a mean per token; the training
-        # accuracy skips its argument checks, which would sync the GPU with the host at every batch
-        accuracy = partial(MulticlassAccuracy, vocab_size, average="micro")
-        self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy(validate_args=False)})
+        # the loss weighted by real tokens (a mean per token); the accuracy without the argument checks that would
+        # sync the GPU with the host at every batch
+        accuracy = MulticlassAccuracy(vocab_size, average="micro", validate_args=False)
+        self.train_metrics = nn.ModuleDict({"loss": MeanMetric(), "acc": accuracy})
         self.eval_metrics = nn.ModuleDict({stage: StreamMetrics(vocab_size) for stage in ("val", "test")})
         self.carried: StreamState | None = None  # where the training streams stand, across batches
         self.eval_carried: StreamState | None = None  # the same for validation and test

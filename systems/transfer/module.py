@@ -122,8 +122,8 @@ class TransferLearner(pl.LightningModule):
         return self(batch[0] if isinstance(batch, list | tuple) else batch).softmax(dim=1)
 
     def exportable(self, batch: Any) -> tuple[nn.Module, tuple[torch.Tensor]]:
-        """What ``python -m shared.export`` writes: ``forward`` as one network (images in the data's range -> logits;
-        standardised, grey expanded to RGB inside) and its input, the batch's images."""
+        """What ``python -m shared.export`` writes: ``forward`` as one network (images in the data's range -> logits),
+        with the batch's images."""
         return nn.Sequential(self.normalize, self.backbone, self.head), (batch[0],)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -165,19 +165,15 @@ class TransferLearner(pl.LightningModule):
 def check(hp: Any) -> None:
     """What the types cannot say (the parser refuses an ``arch`` or ``bn_policy`` that its Literal lacks)."""
     require(hp.num_classes >= 2, f"num_classes must be at least 2, got {hp.num_classes}.")
-    require(
-        hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0],
-        f"The backbone takes grey or RGB images with one mean and std per channel, got image_shape "
-        f"{hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the data.",
-    )
+    channels = hp.image_shape[0] in (1, 3) and len(hp.mean) == len(hp.std) == hp.image_shape[0]
+    got = f"image_shape {hp.image_shape}, mean {hp.mean}, std {hp.std}: let the CLI link them from the data"
+    require(channels, f"The backbone takes grey or RGB images with one mean and std per channel, got {got}.")
     names = weight_names(hp.arch)  # a path is checked when fit reads it
     named = hp.weights is None or not WEIGHT_NAME.fullmatch(hp.weights) or hp.weights in names
     require(named, f"{hp.arch} has no weights called {hp.weights}: use one of {', '.join(names)}, or a file.")
     at, stages = hp.unfreeze_at_epoch, hp.unfreeze_stages
     require(at is None or at >= 0, f"unfreeze_at_epoch must be null or 0 or more, got {at}.")
     require(1 <= stages <= 5, f"unfreeze_stages must be 1 (the last stage) to 5 (all), got {stages}.")
-    rates = f"lr={hp.lr}, backbone_lr={hp.backbone_lr}, dropout={hp.dropout}"
-    require(
-        hp.lr > 0 and hp.backbone_lr > 0 and 0 <= hp.dropout < 1,
-        f"lr and backbone_lr must be > 0 and dropout in [0, 1), got {rates}.",
-    )
+    got = f"lr={hp.lr}, backbone_lr={hp.backbone_lr}, dropout={hp.dropout}"
+    rates = hp.lr > 0 and hp.backbone_lr > 0 and 0 <= hp.dropout < 1
+    require(rates, f"lr and backbone_lr must be > 0 and dropout in [0, 1), got {got}.")
