@@ -102,6 +102,15 @@ def test_a_system_copies_in_the_lines_the_readme_says(system: str) -> None:
     assert row in (ROOT / "README.md").read_text(), f"the README's copy table wants the row {row}: {files}"
 
 
+def test_each_module_py_is_as_long_as_the_readme_says() -> None:
+    """The LightningModule's file, its pattern on the first screen and the extras in callbacks beside it: the README
+    states each length (the aim is 180 lines at most), and this test holds it to them."""
+    sizes = ", ".join(
+        f"`{s}` {len((ROOT / 'systems' / s / 'module.py').read_text().splitlines())}" for s in SYSTEMS
+    )
+    assert f"`module.py` lines: {sizes}." in (ROOT / "README.md").read_text()
+
+
 # a test's own callback, beside the copy: SIGINT to this process after the given batch of the given epoch
 STOPPER = """
 import os, signal
