@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
+import json
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import yaml
 
+from shared.cli import BestCheckpoint, Trainer
 from tests.helpers import ROOT
 
 SYSTEMS = sorted(p.name for p in (ROOT / "systems").iterdir() if (p / "module.py").exists())
+SYSTEM_CLASSES = {
+    "classifier": "Classifier",
+    "gan": "GAN",
+    "seq2seq": "Seq2Seq",
+    "transfer": "TransferLearner",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -44,3 +54,36 @@ def test_a_system_imports_no_other_system(system: str) -> None:
         for name in imported_modules(path):
             parts = name.split(".")
             assert parts[0] != "systems" or parts[1:2] == [system], f"{path.name} imports {name}"
+
+
+def defaults(*classes: type) -> dict[str, object]:
+    """The keyword defaults of the classes' signatures, the first class's winning."""
+    found: dict[str, object] = {}
+    for cls in reversed(classes):
+        found |= {
+            k: p.default for k, p in inspect.signature(cls).parameters.items() if p.default is not p.empty
+        }
+    return found
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_config_yaml_holds_only_what_differs_from_the_signatures(system: str) -> None:
+    """One source per default: a setting in ``config.yaml`` equal to its argument's default would be a second one."""
+    config = yaml.safe_load((ROOT / "systems" / system / "config.yaml").read_text())
+    data = config["data"] if isinstance(config["data"], dict) else {"class_path": config["data"]}
+    module, name = data["class_path"].rsplit(".", 1)
+    model = getattr(importlib.import_module(f"systems.{system}"), SYSTEM_CLASSES[system])
+    sections = {
+        "trainer": (config.get("trainer", {}), defaults(Trainer, pl.Trainer)),
+        "checkpoint": (config.get("checkpoint", {}), defaults(BestCheckpoint)),
+        "model": (config.get("model", {}), defaults(model)),
+        "data": (data.get("init_args", {}), defaults(getattr(importlib.import_module(module), name))),
+    }
+    repeated = [
+        f"{section}.{key}"
+        for section, (given, signature) in sections.items()
+        for key, value in given.items()
+        if key in signature and json.dumps(value) == json.dumps(signature[key])
+    ]
+    assert not repeated, f"config.yaml repeats these defaults: {repeated}"
+    assert all(key in signature for given, signature in sections.values() for key in given)
