@@ -82,9 +82,13 @@ def main(epochs: int = 20, batch_size: int = 64) -> list[torch.Tensor]:
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size, shuffle=True)
     generator, critic = Generator(64, (1, 8, 8), 32, blocks=2), Discriminator((1, 8, 8), 32)
     batches = ((batch_idx, batch) for _ in range(epochs) for batch_idx, batch in enumerate(loader))
-    average = averaged(generator, 0.999)  # the generator to draw samples from
-    losses = train(generator, critic, batches, device=torch.device("cpu"), latent_dim=64, average=average)
-    critic_losses = [loss.item() for i, loss in enumerate(losses) if is_critic_batch(i % len(loader), 2, 1)]
+    average, cycle = averaged(generator, 0.999), {"n_critic": 2, "n_generator": 1}  # averaged: draws samples
+    losses = train(
+        generator, critic, batches, device=torch.device("cpu"), latent_dim=64, average=average, **cycle
+    )
+    critic_losses = [
+        loss.item() for i, loss in enumerate(losses) if is_critic_batch(i % len(loader), **cycle)
+    ]
     n = len(critic_losses) // epochs
     first, last = sum(critic_losses[:n]) / n, sum(critic_losses[-n:]) / n
     print(
