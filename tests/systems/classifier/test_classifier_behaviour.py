@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -233,6 +234,9 @@ def test_validation_outputs_are_kept_for_the_epoch_end_then_freed() -> None:
     assert matrix.shape == (10, 10) and int(matrix.sum()) == 180  # every validation image, once
     figures = sorted(p.name for p in (Path(cli.trainer.log_dir) / "val_confusion_matrix").iterdir())
     assert figures == ["epoch=000.csv", "epoch=000.png", "epoch=001.csv", "epoch=001.png"]
+    events = EventAccumulator(cli.trainer.log_dir, size_guidance={"images": 0}).Reload()
+    shown = events.Images("val/confusion_matrix")  # TensorBoard's copy of each epoch's figure
+    assert [image.step for image in shown] == [4, 8] and all(image.width >= 400 for image in shown)
 
 
 class _LearningRates(pl.Callback):
