@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torchmetrics.functional.classification import multiclass_confusion_matrix
-from torchvision.io import ImageReadMode, read_image
 
 from shared.visuals import epoch_file, tensorboards, to_trackers
 
@@ -40,8 +40,8 @@ class ConfusionMatrix(pl.Callback):
         confusion_figure(self.matrix).savefig(png, dpi=100)  # drawn once: TensorBoard gets the PNG
         np.savetxt(png.with_suffix(".csv"), self.matrix.numpy(), fmt="%d", delimiter=",")
         for writer in tensorboards(trainer):
-            image = read_image(str(png), ImageReadMode.RGB)
-            writer.add_image("val/confusion_matrix", image, global_step=trainer.global_step)
+            image = np.asarray(Image.open(png).convert("RGB"))
+            writer.add_image("val/confusion_matrix", image, trainer.global_step, dataformats="HWC")
         for path in (png, png.with_suffix(".csv")):
             to_trackers(trainer, path, "val/confusion_matrix")
 
