@@ -32,7 +32,7 @@ def last_of(cli: object) -> str:
     return str(Path(cli.trainer.log_dir) / "checkpoints/last.ckpt")
 
 
-@pytest.mark.parametrize(("first", "then"), [(3, 6), (1, 2)])
+@pytest.mark.parametrize(("first", "then"), [pytest.param(3, 6, marks=pytest.mark.slow), (1, 2)])
 def test_extending_a_finished_run_follows_the_schedule_of_the_new_length(
     first: int, then: int, caplog: pytest.LogCaptureFixture
 ) -> None:
