@@ -36,7 +36,7 @@ class StreamMetrics(nn.ModuleDict):
 
     def update_stream(self, tokens: Tensor, targets: Tensor, mask: Tensor, chunk_size: int) -> None:
         """The greedy stream's ``tokens`` (B, T) against the ``targets`` at the real steps (``mask``)."""
-        k = chunk_size
+        k = chunk_size  # the steps of the first chunk
         self["acc"](tokens[mask], targets[mask])
         if mask[:, k:].any():
             self["acc_past_first_chunk"](tokens[:, k:][mask[:, k:]], targets[:, k:][mask[:, k:]])
@@ -70,9 +70,9 @@ class Decodings(pl.Callback):
         self.count, self.examples = count, []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, *args: Any
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, *args: Any
     ) -> None:
-        if args[0] == 0 and outputs is not None:  # the batch's index
+        if batch_idx == 0 and outputs is not None:
             self.examples = [t[: self.count].cpu() for t in (*batch, outputs)]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
