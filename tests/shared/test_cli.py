@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 import sys
@@ -49,6 +50,23 @@ def test_no_arguments_means_fit_with_config_yaml(monkeypatch: pytest.MonkeyPatch
 def test_flags_without_a_subcommand_mean_fit() -> None:
     cli = main([*SHORT, "--trainer.max_epochs=1", "--test_after_fit=false"])
     assert cli.subcommand == "fit" and cli.trainer.global_step == 3
+
+
+@pytest.mark.parametrize(("args", "parsers"), [(["validate"], 2), ([], 2), (["--help"], 5)])
+def test_only_the_given_subcommands_parser_is_built_and_help_builds_all(
+    args: list[str], parsers: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Each subcommand's parser reads every signature again: a command builds the main parser and its own."""
+    built = []
+    monkeypatch.setattr(
+        SystemCLI,
+        "init_parser",
+        lambda cli, **kw: built.append(1) or SystemCLI.__base__.init_parser(cli, **kw),
+    )
+    with pytest.raises(SystemExit) if args == ["--help"] else contextlib.nullcontext():
+        main([*args, *QUIET, "--trainer.fast_dev_run=1"] if args != ["--help"] else args)
+    assert len(built) == parsers
+    assert args != ["--help"] or "{fit,validate,test,predict}" in capsys.readouterr().out
 
 
 def test_both_loggers_and_the_checkpoints_share_one_version_folder() -> None:
