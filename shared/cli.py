@@ -299,6 +299,9 @@ class SystemCLI(LightningCLI):
             raise Interrupted(stop.signum, last.best_model_path or None)
         if self.config.fit.test_after_fit and type(self.model).test_step is not pl.LightningModule.test_step:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            # the module's own callbacks, which test attaches again: else Lightning says it overrides them
+            own = {type(callback) for callback in self.model.configure_callbacks()}
+            trainer.callbacks = [c for c in trainer.callbacks if type(c) not in own]
             trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 
